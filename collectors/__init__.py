@@ -1,0 +1,1 @@
+"""eBPF collectors (bcc): each is a BPF C program beside the Python that loads it."""

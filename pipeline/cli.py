@@ -1,0 +1,226 @@
+"""The `vmemtrace` command line.
+
+Exit codes, for scripts:
+  0  done; for `detect`, no finding at or above --fail-on
+  1  `detect` found something at or above --fail-on (default: high)
+  2  bad input or usage: the message names the file, line or field
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import __version__
+from pipeline.runstore import RunError, open_run
+from pipeline.schema import SEVERITIES, severity_rank
+
+app = typer.Typer(
+    name="vmemtrace",
+    help="Record what really happens to guest memory on a QEMU/KVM host and prove its bugs offline.\n\n"
+         "Typical use: import (or collect) a run, then `vmemtrace detect RUN` and `vmemtrace report RUN`.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+import_app = typer.Typer(help="Turn traces you already have into a run.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+EXIT_FINDINGS = 1
+EXIT_BAD_INPUT = 2
+
+RunArg = Annotated[Path, typer.Argument(help="Run directory (holds manifest.json).", show_default=False)]
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"vmemtrace: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"vmemtrace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    pass
+
+
+@import_app.command("jsonl")
+def import_jsonl_cmd(
+    files: Annotated[list[Path], typer.Argument(help="JSON Lines trace files, one event per line.",
+                                                show_default=False)],
+    run: Annotated[Path, typer.Option("--run", help="Run directory to create or append to.",
+                                      show_default=False)],
+) -> None:
+    """Import JSON Lines events (one object per line, `kind` naming the family).
+
+    The whole input is checked first: a bad line stops the import with its file,
+    line number and field, and nothing is written.
+    """
+    from pipeline.importers.jsonl import TraceFormatError, import_jsonl
+
+    try:
+        counts = import_jsonl(files, run)
+    except (TraceFormatError, RunError) as e:
+        fail(str(e))
+    total = sum(counts.values())
+    detail = ", ".join(f"{fam} {n}" for fam, n in sorted(counts.items()))
+    out.print(f"imported {total} events into {run} ({detail or 'none'})", markup=False, highlight=False)
+
+
+def _open(run: Path):
+    try:
+        return open_run(run)
+    except RunError as e:
+        fail(str(e))
+
+
+@app.command()
+def info(run: RunArg,
+         as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False) -> None:
+    """Show a run: how it stopped, its sources, events per family and lost events."""
+    r = _open(run)
+    if as_json:
+        print(json.dumps({**r.manifest, "state": r.state, "rows": r.row_counts()}, indent=2))
+        return
+    m = r.manifest
+    out.print(f"run {r.path}  schema v{m['schema_version']}  host {m['host']['hostname']} "
+              f"kernel {m['host']['kernel']}  stop: {r.state}", markup=False, highlight=False)
+    t = Table("family", "rows", "lost")
+    for fam, n in r.row_counts().items():
+        t.add_row(fam, str(n), str(m.get("lost", {}).get(fam, 0)))
+    out.print(t)
+    for s in m["sessions"]:
+        out.print(f"session {s['session']}: {s['source']} ({s['kind']}) {s['state']}",
+                  markup=False, highlight=False)
+
+
+def _detectors():
+    from queries.runner import DetectorError, load_detectors
+
+    try:
+        return load_detectors()
+    except DetectorError as e:
+        fail(str(e))
+
+
+@app.command()
+def detect(
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print findings as a JSON array (the stable "
+                                          "contract documented in the README) instead of a table.")] = False,
+    fail_on: Annotated[str, typer.Option(help="Exit 1 when a finding is at or above this severity: "
+                                         "critical, high, medium, info, or none to always exit 0.")] = "high",
+    only: Annotated[Optional[list[str]], typer.Option("--detector", "-D",
+                                                      help="Run only this detector id (repeatable).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the detectors and exit.")] = False,
+) -> None:
+    """Run the detectors over a run; store findings in RUN/findings/ (Parquet and CSV).
+
+    Prints a summary table, or JSON with --json. Exit 1 when anything at or above
+    --fail-on was found, 0 otherwise, 2 on bad input.
+    """
+    from queries.runner import DetectorError, run_detectors, save_findings
+
+    detectors = _detectors()
+    if list_:
+        if as_json:
+            print(json.dumps([{"id": d.id, "title": d.title, "severities": list(d.severities),
+                               "needs": [list(n) for n in d.needs], "proves": d.proves,
+                               "file": d.path.name} for d in detectors], indent=2))
+            return
+        t = Table("id", "title", "severities", "needs", show_lines=False)
+        for d in detectors:
+            t.add_row(d.id, d.title, ", ".join(d.severities), "; ".join(" | ".join(n) for n in d.needs))
+        out.print(t)
+        return
+    if run is None:
+        fail("detect needs a RUN directory (or --list)")
+    if fail_on != "none" and fail_on not in SEVERITIES:
+        fail(f"--fail-on must be one of {', '.join(SEVERITIES)}, none; got {fail_on!r}")
+    if only:
+        unknown = set(only) - {d.id for d in detectors}
+        if unknown:
+            fail(f"unknown detector id(s) {', '.join(sorted(unknown))}; see `vmemtrace detect --list`")
+        detectors = [d for d in detectors if d.id in only]
+
+    r = _open(run)
+    try:
+        with err.status("running detectors") as status:
+            result = run_detectors(r, detectors, progress=lambda d: status.update(f"running {d.id} {d.title}"))
+    except DetectorError as e:
+        fail(str(e))
+    save_findings(r, result)
+    findings = result.findings.to_pylist()
+
+    if as_json:
+        print(json.dumps(findings, indent=2))
+    else:
+        _print_summary(r, result, findings)
+
+    if fail_on != "none" and any(severity_rank(f["severity"]) <= severity_rank(fail_on) for f in findings):
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def _print_summary(r, result, findings) -> None:
+    if r.state != "clean":
+        err.print(f"warning: run stopped {r.state}; events after the last chunk may be missing",
+                  markup=False, highlight=False)
+    t = Table("detector", "status", "findings")
+    for s in result.statuses:
+        if s.status == "ran":
+            sev = ", ".join(f"{n} {k}" for k, n in sorted(s.by_severity.items(), key=lambda kv: severity_rank(kv[0])))
+            t.add_row(f"{s.id} {s.title}", "ran", sev or "none")
+        else:
+            t.add_row(f"{s.id} {s.title}", f"not run: missing {'; '.join(s.missing)}", "-")
+    out.print(t)
+    for f in findings:
+        out.print(f"[{f['severity']}] {f['detector']} {f['finding_id']}: {f['message']}",
+                  markup=False, highlight=False)
+    lost = r.manifest.get("lost", {})
+    if lost:
+        out.print("lost events: " + ", ".join(f"{k} {v}" for k, v in lost.items()), markup=False)
+    out.print(f"findings written to {r.path / 'findings'}", markup=False, highlight=False)
+
+
+@app.command()
+def report(
+    run: RunArg,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the report "
+                                                    "[default: RUN/report].", show_default=False)] = None,
+) -> None:
+    """Write a self-contained HTML report and CSV of the findings; print the page's path.
+
+    Uses the findings of the last `vmemtrace detect`; runs the detectors first if there are none.
+    """
+    from queries.runner import FINDINGS_DIR, DetectorError, run_detectors, save_findings
+    from reports.html import write_report
+
+    r = _open(run)
+    folder = r.path / FINDINGS_DIR
+    if not (folder / "findings.parquet").exists():
+        try:
+            save_findings(r, run_detectors(r, _detectors()))
+        except DetectorError as e:
+            fail(str(e))
+    findings = pq.read_table(folder / "findings.parquet")
+    statuses = json.loads((folder / "detectors.json").read_text())
+    page = write_report(r, findings, statuses, out_dir or r.path / "report")
+    print(page)
+
+
+if __name__ == "__main__":
+    app()

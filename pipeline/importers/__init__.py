@@ -1,0 +1,1 @@
+"""Importers: traces users already have, turned into schema-v1 runs."""

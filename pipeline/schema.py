@@ -1,0 +1,234 @@
+"""The event schema: the one contract between collectors, importers and queries.
+
+Every event family is one table. Every row carries the same envelope
+(event_id, ts_ns, pid, tid, comm, source). Field lists live here and nowhere
+else: writers build Arrow tables from `Family.schema`, importers validate
+against it, the detection layer gets its DuckDB views from it, and the README's
+column tables are generated from the `doc` of each field.
+
+Addresses and sizes are uint64 as the kernel passes them; ranges are
+half-open [start, start + size). Times are CLOCK_MONOTONIC nanoseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+
+def _field(name: str, type_: pa.DataType, doc: str, *, nullable: bool = True,
+           enum: tuple[str, ...] = ()) -> pa.Field:
+    meta = {b"doc": doc.encode()}
+    if enum:
+        meta[b"enum"] = ",".join(enum).encode()
+    return pa.field(name, type_, nullable=nullable, metadata=meta)
+
+
+def field_doc(f: pa.Field) -> str:
+    return (f.metadata or {}).get(b"doc", b"").decode()
+
+
+def field_enum(f: pa.Field) -> tuple[str, ...]:
+    raw = (f.metadata or {}).get(b"enum")
+    return tuple(raw.decode().split(",")) if raw else ()
+
+
+ENVELOPE = (
+    _field("event_id", pa.int64(), "Unique id of the event within the run.", nullable=False),
+    _field("ts_ns", pa.int64(), "CLOCK_MONOTONIC time of the event (syscall entry for syscalls).",
+           nullable=False),
+    _field("pid", pa.int32(), "Process (thread-group) id; 0 for rows about no process.",
+           nullable=False),
+    _field("tid", pa.int32(), "Thread id.", nullable=False),
+    _field("comm", pa.string(), "Thread name at the time of the event.", nullable=False),
+    _field("source", pa.string(), "Collector or importer that produced the row, e.g. bpf:discards.",
+           nullable=False),
+)
+
+RET = _field("ret", pa.int64(), "Return value (negative errno on failure); null if the exit was not seen.")
+END_NS = _field("end_ns", pa.int64(), "CLOCK_MONOTONIC time of the syscall's exit; null if not seen.")
+
+# MADV_* values that throw page contents away (REFERENCE.md section 2.1).
+MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MADV_DONTNEED_LOCKED = 4, 8, 9, 24
+FALLOC_FL_PUNCH_HOLE = 0x02
+KVM_MEM_LOG_DIRTY_PAGES = 1
+
+
+@dataclass(frozen=True)
+class Family:
+    """One event family: a table of the run and a `kind` in JSON Lines traces."""
+
+    name: str
+    kind: str
+    doc: str
+    fields: tuple[pa.Field, ...]
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema(ENVELOPE + self.fields,
+                         metadata={b"vmemtrace.family": self.name.encode(),
+                                   b"vmemtrace.schema_version": str(SCHEMA_VERSION).encode()})
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("discards", "discard",
+           "Host-side discards of memory: madvise / process_madvise that drop page contents, "
+           "fallocate(PUNCH_HOLE).",
+           (
+               _field("syscall", pa.string(), "Which call discarded.", nullable=False,
+                      enum=("madvise", "process_madvise", "fallocate")),
+               _field("hva_start", pa.uint64(), "First host-virtual address (madvise, one process_madvise iovec); "
+                      "null for fallocate, which works on a file offset."),
+               _field("size", pa.uint64(), "Bytes discarded as requested.", nullable=False),
+               _field("advice", pa.int32(), "madvise behaviour (4 DONTNEED, 8 FREE, 9 REMOVE, 24 DONTNEED_LOCKED)."),
+               _field("fd", pa.int32(), "fallocate file descriptor; process_madvise pidfd."),
+               _field("offset", pa.uint64(), "fallocate file offset."),
+               _field("mode", pa.int32(), "fallocate mode bits (3 = PUNCH_HOLE|KEEP_SIZE)."),
+               RET, END_NS,
+           )),
+    Family("dma", "dma",
+           "Device DMA mappings: VFIO type1 MAP_DMA/UNMAP_DMA, iommufd IOAS_MAP/UNMAP, and the kernel's "
+           "iommu:map/unmap tracepoints (api=iommu, which carry the physical address given to the device).",
+           (
+               _field("api", pa.string(), "Interface the mapping came through.", nullable=False,
+                      enum=("vfio_type1", "iommufd", "iommu")),
+               _field("op", pa.string(), "Map or unmap.", nullable=False, enum=("map", "unmap")),
+               _field("fd", pa.int32(), "VFIO container or iommufd file descriptor."),
+               _field("ioas_id", pa.uint32(), "iommufd IOAS id."),
+               _field("vaddr", pa.uint64(), "Host-virtual address of the mapped memory (map only)."),
+               _field("iova", pa.uint64(), "I/O virtual address the device uses."),
+               _field("size", pa.uint64(), "Bytes requested."),
+               _field("flags", pa.uint32(), "Flags word of the request (VFIO_DMA_MAP_FLAG_*, "
+                      "VFIO_DMA_UNMAP_FLAG_*, IOMMU_IOAS_MAP_*)."),
+               _field("paddr", pa.uint64(), "Host-physical address programmed into the IOMMU (iommu:map)."),
+               _field("unmapped", pa.uint64(), "Bytes the kernel reports as unmapped (unmap only)."),
+               RET, END_NS,
+           )),
+    Family("vfio_groups", "vfio_group",
+           "VFIO groups attached to and detached from a container "
+           "(VFIO_GROUP_SET_CONTAINER / VFIO_GROUP_UNSET_CONTAINER).",
+           (
+               _field("op", pa.string(), "Attach or detach.", nullable=False, enum=("attach", "detach")),
+               _field("group_fd", pa.int32(), "File descriptor of the group (/dev/vfio/N).", nullable=False),
+               _field("container_fd", pa.int32(), "Container file descriptor (attach only)."),
+               RET, END_NS,
+           )),
+    Family("mmu_notifier", "mmu_notifier",
+           "KVM MMU-notifier callbacks: the host mm told KVM that an HVA range changed.",
+           (
+               _field("event", pa.string(), "Which callback.", nullable=False,
+                      enum=("unmap_hva_range", "age_hva", "test_age_hva")),
+               _field("hva_start", pa.uint64(), "First host-virtual address.", nullable=False),
+               _field("hva_end", pa.uint64(), "End of the range (exclusive); null for test_age_hva, "
+                      "which names one address."),
+           )),
+    Family("memslots", "memslot",
+           "KVM_SET_USER_MEMORY_REGION(2) calls: a memslot created, deleted (size 0), moved or re-flagged.",
+           (
+               _field("ioctl", pa.string(), "Which ioctl.", nullable=False, enum=("region", "region2")),
+               _field("vm_fd", pa.int32(), "VM file descriptor the ioctl was issued on."),
+               _field("as_id", pa.uint16(), "Address-space id (bits 16-31 of the slot word).", nullable=False),
+               _field("slot", pa.uint16(), "Slot id (bits 0-15 of the slot word).", nullable=False),
+               _field("flags", pa.uint32(), "KVM_MEM_* flags (1 LOG_DIRTY_PAGES, 2 READONLY, 4 GUEST_MEMFD).",
+                      nullable=False),
+               _field("gpa", pa.uint64(), "Guest-physical base address.", nullable=False),
+               _field("size", pa.uint64(), "Bytes; 0 deletes the slot.", nullable=False),
+               _field("hva", pa.uint64(), "Host-virtual address backing gpa.", nullable=False),
+               _field("gmem_fd", pa.int32(), "guest_memfd (region2 only)."),
+               _field("gmem_offset", pa.uint64(), "Offset into guest_memfd (region2 only)."),
+               RET, END_NS,
+           )),
+    Family("dirty_log", "dirty_log",
+           "Dirty-log harvests and device dirty tracking: KVM_GET_DIRTY_LOG, KVM_CLEAR_DIRTY_LOG, "
+           "KVM_RESET_DIRTY_RINGS, VFIO_IOMMU_DIRTY_PAGES.",
+           (
+               _field("op", pa.string(), "Which operation.", nullable=False,
+                      enum=("kvm_get_dirty_log", "kvm_clear_dirty_log", "kvm_reset_dirty_rings",
+                            "vfio_dirty_start", "vfio_dirty_stop", "vfio_dirty_get_bitmap")),
+               _field("fd", pa.int32(), "VM fd (KVM) or container fd (VFIO)."),
+               _field("as_id", pa.uint16(), "Address-space id of the slot (KVM)."),
+               _field("slot", pa.uint16(), "Slot id (KVM)."),
+               _field("first_page", pa.uint64(), "First page of the range (KVM_CLEAR_DIRTY_LOG)."),
+               _field("num_pages", pa.uint32(), "Pages in the range (KVM_CLEAR_DIRTY_LOG)."),
+               _field("iova", pa.uint64(), "Start of the range (vfio_dirty_get_bitmap)."),
+               _field("size", pa.uint64(), "Bytes in the range (vfio_dirty_get_bitmap)."),
+               RET, END_NS,
+           )),
+    Family("guest_accesses", "guest_access",
+           "Guest memory accesses the host can see: KVM page faults, SPTE installs and changes, "
+           "dirty-ring pushes, MMIO exits, QEMU writes into guest RAM.",
+           (
+               _field("via", pa.string(), "What showed the access.", nullable=False,
+                      enum=("page_fault", "spte_requested", "spte_set", "spte_changed",
+                            "dirty_ring_push", "mmio", "userspace_exit", "qemu_write")),
+               _field("vcpu", pa.int32(), "vCPU id."),
+               _field("gpa", pa.uint64(), "Guest-physical address (page-aligned where the source gives a gfn)."),
+               _field("write", pa.bool_(), "True for a write, false for a read; null if unknown."),
+               _field("pfn", pa.uint64(), "Host page frame now backing gpa, where the source exposes it."),
+               _field("as_id", pa.uint16(), "Address-space id (dirty ring, TDP MMU)."),
+               _field("slot", pa.uint16(), "Slot id (dirty ring)."),
+               _field("level", pa.uint8(), "Page-table level of the mapping (1 = 4 KiB)."),
+               _field("error_code", pa.uint64(), "Page-fault error code (page_fault)."),
+           )),
+    Family("qemu", "qemu",
+           "QEMU's own view: discard inhibitor calls, RAM block discards, balloon, free page hints and "
+           "reports, migration bitmap syncs (from uprobes or QEMU's trace log).",
+           (
+               _field("event", pa.string(), "What QEMU did.", nullable=False,
+                      enum=("discard_disable", "uncoordinated_discard_disable", "discard_require",
+                            "coordinated_discard_require", "balloon_inhibit", "ram_block_discard_range",
+                            "free_page_hint", "free_page_hint_start", "free_page_hint_stop",
+                            "free_page_report", "balloon_inflate", "balloon_deflate", "balloon_target",
+                            "bitmap_sync_start", "bitmap_sync_end")),
+               _field("state", pa.bool_(), "The bool argument (true = disable/require/inhibit)."),
+               _field("hva", pa.uint64(), "Host-virtual address the call names."),
+               _field("gpa", pa.uint64(), "Guest-physical address the call names."),
+               _field("size", pa.uint64(), "Bytes the call names."),
+               _field("count", pa.int64(), "A count the event carries (pages, dirty pages, target)."),
+               _field("detail", pa.string(), "Free text the source gave (RAM block name, ...)."),
+               RET, END_NS,
+           )),
+    Family("lost_events", "lost",
+           "Events a source knows it lost: ring buffer full, lines an importer could not parse.",
+           (
+               _field("family", pa.string(), "Family whose events were lost (or the source's name).",
+                      nullable=False),
+               _field("count", pa.uint64(), "How many.", nullable=False),
+               _field("reason", pa.string(), "Why.", nullable=False),
+           )),
+)
+
+FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
+FAMILY_BY_KIND = {f.kind: f for f in FAMILIES}
+
+# Findings are stored in the run too; their columns are the public JSON contract.
+FINDING_SCHEMA = pa.schema([
+    _field("finding_id", pa.string(), "Stable id: detector, kind and a digest of the evidence.", nullable=False),
+    _field("detector", pa.string(), "Detector id (D1 ...).", nullable=False),
+    _field("kind", pa.string(), "Finding type within the detector.", nullable=False),
+    _field("severity", pa.string(), "critical, high, medium or info.", nullable=False,
+           enum=("critical", "high", "medium", "info")),
+    _field("pid", pa.int32(), "Process the finding is about."),
+    _field("comm", pa.string(), "Its name."),
+    _field("ts_start_ns", pa.int64(), "First evidence event (CLOCK_MONOTONIC ns)."),
+    _field("ts_end_ns", pa.int64(), "Last evidence event (CLOCK_MONOTONIC ns)."),
+    _field("gpa_start", pa.uint64(), "Guest-physical range, half-open."),
+    _field("gpa_end", pa.uint64(), ""),
+    _field("hva_start", pa.uint64(), "Host-virtual range, half-open."),
+    _field("hva_end", pa.uint64(), ""),
+    _field("iova_start", pa.uint64(), "I/O virtual range, half-open."),
+    _field("iova_end", pa.uint64(), ""),
+    _field("event_ids", pa.list_(pa.int64()), "Events that prove the finding.", nullable=False),
+    _field("related", pa.list_(pa.string()), "Other findings sharing evidence events.", nullable=False),
+    _field("message", pa.string(), "One sentence a hypervisor engineer can act on.", nullable=False),
+])
+
+SEVERITIES = ("critical", "high", "medium", "info")
+
+
+def severity_rank(severity: str) -> int:
+    """0 for critical ... 3 for info; lower is worse."""
+    return SEVERITIES.index(severity)

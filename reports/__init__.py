@@ -1,0 +1,1 @@
+"""Reports of findings: a self-contained HTML page and CSV for machines."""

@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import app
+from tests.conftest import FIXTURES, write_jsonl
+
+DEMO = FIXTURES / "demo" / "vfio-balloon.jsonl"
+
+
+def _subcommands():
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from ([name, sub] for sub in cmd.commands)
+        else:
+            yield [name]
+
+
+@pytest.mark.parametrize("argv", list(_subcommands()), ids=" ".join)
+def test_every_subcommand_has_help(cli, argv):
+    res = cli(*argv, "--help")
+    assert res.exit_code == 0
+    assert "Usage: vmemtrace " + " ".join(argv) in res.output
+    summary = res.output.split("\n\n")[1].strip()
+    assert len(summary) > 20, summary
+
+
+def test_console_script_runs():
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("vmemtrace ")
+
+
+def test_detect_exit_codes_and_json_contract(tmp_path, cli):
+    run = tmp_path / "run"
+    assert cli("import", "jsonl", DEMO, "--run", run).exit_code == 0
+    res = cli("detect", run, "--json")
+    assert res.exit_code == 1  # high and critical findings, default --fail-on high
+    findings = json.loads(res.stdout)
+    assert {f["severity"] for f in findings} == {"critical", "high"}
+    for f in findings:
+        for k in ("detector", "severity", "pid", "ts_start_ns", "ts_end_ns", "gpa_start", "gpa_end",
+                  "hva_start", "hva_end", "iova_start", "iova_end", "event_ids", "related", "message"):
+            assert k in f
+        assert f["gpa_start"] < f["gpa_end"] and isinstance(f["event_ids"], list)
+    assert cli("detect", run, "--fail-on", "critical").exit_code == 1
+    assert cli("detect", run, "--fail-on", "none").exit_code == 0
+    assert cli("detect", run, "--fail-on", "bogus").exit_code == 2
+    assert cli("detect", tmp_path / "nope").exit_code == 2
+    assert (run / "findings" / "findings.parquet").exists()
+    csv = (run / "findings" / "findings.csv").read_text().splitlines()
+    assert csv[0].startswith('"finding_id","detector"') and len(csv) == 1 + len(findings)
+
+
+def test_detector_without_its_sources_is_not_run(tmp_path, cli):
+    trace = write_jsonl(tmp_path / "t.jsonl", [
+        {"kind": "discard", "ts_ns": 1, "pid": 1, "syscall": "madvise", "hva_start": 0, "size": 4096,
+         "advice": 4}])
+    cli("import", "jsonl", trace, "--run", tmp_path / "run")
+    res = cli("detect", tmp_path / "run")
+    assert res.exit_code == 0
+    assert "not run: missing dma" in res.output
+    status = json.loads((tmp_path / "run" / "findings" / "detectors.json").read_text())
+    assert status[0]["status"] == "not run" and status[0]["missing"] == ["dma"]
+
+
+def test_detect_list(cli):
+    res = cli("detect", "--list", "--json")
+    ids = [d["id"] for d in json.loads(res.stdout)]
+    assert "D1" in ids
+
+
+def test_report_is_self_contained_and_escapes_trace_text(tmp_path, cli):
+    evil = "<script>alert(1)</script>"
+    events = [json.loads(line) for line in DEMO.read_text().splitlines() if line.startswith("{")]
+    for e in events:
+        if e.get("pid") == 2200:
+            e["comm"] = evil
+    trace = write_jsonl(tmp_path / "evil.jsonl", events)
+    run = tmp_path / "run"
+    cli("import", "jsonl", trace, "--run", run)
+    res = cli("report", run)
+    assert res.exit_code == 0
+    page_path = res.stdout.strip()
+    assert page_path == str(run / "report" / "index.html")
+    page = open(page_path).read()
+    assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "http://" not in page and "https://" not in page
+    assert page.count('class="finding"') == 2
+    assert (run / "report" / "findings.csv").exists()
