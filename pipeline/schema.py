@@ -172,6 +172,8 @@ FAMILIES: tuple[Family, ...] = (
                _field("slot", pa.uint16(), "Slot id (dirty ring)."),
                _field("level", pa.uint8(), "Page-table level of the mapping (1 = 4 KiB)."),
                _field("error_code", pa.uint64(), "Page-fault error code (page_fault)."),
+               _field("page_offset", pa.uint64(), "Page offset within the slot (dirty_ring_push; "
+                      "the GPA follows from the memslot)."),
            )),
     Family("qemu", "qemu",
            "QEMU's own view: discard inhibitor calls, RAM block discards, balloon, free page hints and "
@@ -187,6 +189,7 @@ FAMILIES: tuple[Family, ...] = (
                _field("hva", pa.uint64(), "Host-virtual address the call names."),
                _field("gpa", pa.uint64(), "Guest-physical address the call names."),
                _field("size", pa.uint64(), "Bytes the call names."),
+               _field("rb_offset", pa.uint64(), "Offset into the RAM block (ram_block_discard_range)."),
                _field("count", pa.int64(), "A count the event carries (pages, dirty pages, target)."),
                _field("detail", pa.string(), "Free text the source gave (RAM block name, ...)."),
                RET, END_NS,

@@ -1,0 +1,41 @@
+"""Collector of guest accesses the host kernel exposes: faults, SPTEs with pfns, dirty ring, MMIO."""
+
+import numpy as np
+import pyarrow as pa
+
+from collectors.base import Collector, Ring, envelope_columns, labels, nullable, record_dtype
+
+# Order matters: accesses.bpf.c stores the index.
+VIA = ("page_fault", "spte_requested", "spte_set", "spte_changed", "dirty_ring_push", "mmio")
+NONE64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+DTYPE = record_dtype([("gpa", "<u8"), ("pfn", "<u8"), ("error_code", "<u8"), ("page_offset", "<u8"),
+                      ("via", "<u4"), ("vcpu", "<i4"), ("slot", "<u4"), ("level", "u1"), ("write", "u1"),
+                      ("as_id", "u1"), ("pad", "u1")])
+
+
+def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
+    via = rec["via"]
+    write = rec["write"]
+    cols = envelope_columns(rec, source, with_end=False)
+    cols.update(
+        via=labels(VIA, via),
+        vcpu=nullable(rec["vcpu"], rec["vcpu"] < 0),
+        gpa=nullable(rec["gpa"], rec["gpa"] == NONE64),
+        write=nullable(write == 1, write == 2),
+        pfn=nullable(rec["pfn"], rec["pfn"] == NONE64),
+        as_id=nullable(rec["as_id"].astype(np.uint16), rec["as_id"] == 0xFF),
+        slot=nullable((rec["slot"] & 0xFFFF).astype(np.uint16), rec["slot"] == 0xFFFFFFFF),
+        level=nullable(rec["level"], rec["level"] == 0),
+        error_code=nullable(rec["error_code"], via != 0),
+        page_offset=nullable(rec["page_offset"], rec["page_offset"] == NONE64),
+    )
+    return {"guest_accesses": pa.table(cols)}
+
+
+COLLECTOR = Collector(
+    name="accesses", families=("guest_accesses",), source="accesses.bpf.c",
+    tracepoints=("kvm:kvm_page_fault", "kvmmmu:kvm_mmu_spte_requested", "kvmmmu:kvm_mmu_set_spte",
+                 "kvmmmu:kvm_tdp_mmu_spte_changed", "kvm:kvm_dirty_ring_push", "kvm:kvm_mmio"),
+    rings=(Ring("accesses", DTYPE, decode, "accesses.h", "access_rec"),),
+)

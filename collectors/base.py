@@ -1,0 +1,81 @@
+"""What a collector is, and the vectorised helpers that turn its records into Arrow columns.
+
+A collector is a BPF C file (NAME.bpf.c, its record struct in NAME.h) and a
+`Collector` value in NAME.py: the families it writes, its rings with the numpy
+dtype of each ring's record, the optional tracepoints it uses, and a decode
+function from a numpy record array to Arrow tables. Decoding is whole-array
+numpy/pyarrow work: no Python object per event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+IOCTL_TRACEPOINTS = ("syscalls:sys_enter_ioctl", "syscalls:sys_exit_ioctl")
+ENVELOPE = [("ts_ns", "<u8"), ("end_ns", "<u8"), ("pid", "<u4"), ("tid", "<u4"), ("comm", "S16")]
+
+
+def record_dtype(fields: list[tuple[str, str]]) -> np.dtype:
+    """The dtype of a record: the envelope, then `fields`, packed as the C struct (natural alignment)."""
+    return np.dtype(ENVELOPE + fields, align=True)
+
+
+@dataclass(frozen=True)
+class Ring:
+    name: str                                     # C: NAME_ring, index macro RING_NAME
+    dtype: np.dtype
+    decode: Callable[[np.ndarray, str], dict[str, pa.Table]]
+    header: str                                   # the .h holding the C struct
+    struct: str                                   # its C name
+
+
+@dataclass(frozen=True)
+class Collector:
+    name: str
+    families: tuple[str, ...]
+    rings: tuple[Ring, ...]
+    source: str                                   # NAME.bpf.c
+    requires: tuple[str, ...] = ()                # tracepoints it cannot work without
+    tracepoints: tuple[str, ...] = ()             # optional tracepoints, used where present
+    define: str | None = None                     # -D macro enabling ioctl dispatch
+    uses_ioctl: bool = False
+
+    @property
+    def source_name(self) -> str:
+        return f"bpf:{self.name}"
+
+
+def envelope_columns(rec: np.ndarray, source: str, *, with_end: bool = True) -> dict[str, pa.Array]:
+    n = len(rec)
+    cols = {
+        "ts_ns": pa.array(rec["ts_ns"].astype(np.int64)),
+        "pid": pa.array(rec["pid"].astype(np.int32)),
+        "tid": pa.array(rec["tid"].astype(np.int32)),
+        "comm": comm_strings(rec["comm"]),
+        "source": pa.repeat(pa.scalar(source), n),
+    }
+    if with_end:
+        end = rec["end_ns"].astype(np.int64)
+        cols["end_ns"] = pa.array(end, mask=end == 0)
+    return cols
+
+
+def comm_strings(comm: np.ndarray) -> pa.Array:
+    """Thread names (NUL-padded 16-byte fields) as strings, decoding each distinct name once."""
+    uniq, inverse = np.unique(comm, return_inverse=True)
+    names = pa.array([u.decode("utf-8", "replace") for u in uniq], pa.string())
+    return names.take(pa.array(inverse.astype(np.int32)))
+
+
+def labels(values: tuple[str, ...], index: np.ndarray) -> pa.Array:
+    """`values[index]` for a whole array of small integer codes."""
+    return pa.array(values, pa.string()).take(pa.array(index.astype(np.int32)))
+
+
+def nullable(arr: np.ndarray, null: np.ndarray) -> pa.Array:
+    """An Arrow array of `arr` with nulls where `null` is true."""
+    return pa.array(arr, mask=null)

@@ -1,0 +1,79 @@
+/* kvm: KVM_SET_USER_MEMORY_REGION(2) decoded from user memory, and the dirty-log harvests
+ * (KVM_GET_DIRTY_LOG, KVM_CLEAR_DIRTY_LOG, KVM_RESET_DIRTY_RINGS). Called from ioctl.bpf.c. */
+#include "kvm.h"
+
+#define KVM_GET_DIRTY_LOG              0x4010AE42
+#define KVM_SET_USER_MEMORY_REGION     0x4020AE46
+#define KVM_SET_USER_MEMORY_REGION2    0x40A0AE49
+#define KVM_CLEAR_DIRTY_LOG            0xC018AEC0
+#define KVM_RESET_DIRTY_RINGS          0x0000AEC7
+
+struct vmt_kvm_region2_head {  /* the first 44 bytes of kvm_userspace_memory_region2 */
+    u32 slot, flags;
+    u64 guest_phys_addr, memory_size, userspace_addr, guest_memfd_offset;
+    u32 guest_memfd;
+};
+struct vmt_kvm_dirty_log { u32 slot, padding; u64 bitmap; };
+struct vmt_kvm_clear_dirty_log { u32 slot, num_pages; u64 first_page, bitmap; };
+
+BPF_RINGBUF_OUTPUT(kvm_ring, VMT_RING_PAGES);
+
+static __always_inline void kvm_emit(struct kvm_rec *r)
+{
+    if (kvm_ring.ringbuf_output(r, sizeof(*r), 0))
+        vmt_count_lost(RING_kvm, 1);
+}
+BPF_HASH(kvm_inflight, u32, struct kvm_rec, 10240);
+
+static __always_inline void kvm_ioctl_enter(u32 fd, u32 cmd, u64 arg)
+{
+    if (cmd != KVM_SET_USER_MEMORY_REGION && cmd != KVM_SET_USER_MEMORY_REGION2 &&
+        cmd != KVM_GET_DIRTY_LOG && cmd != KVM_CLEAR_DIRTY_LOG && cmd != KVM_RESET_DIRTY_RINGS)
+        return;
+    struct kvm_rec r = {};
+    VMT_FILL_ENVELOPE(&r);
+    r.cmd = cmd;
+    r.fd = fd;
+    r.gmem_fd = -1;
+    if (cmd == KVM_SET_USER_MEMORY_REGION || cmd == KVM_SET_USER_MEMORY_REGION2) {
+        struct vmt_kvm_region2_head u = {};
+        if (cmd == KVM_SET_USER_MEMORY_REGION)
+            bpf_probe_read_user(&u, 32, (void *)arg);
+        else
+            bpf_probe_read_user(&u, 44, (void *)arg);
+        r.slot = u.slot;
+        r.flags = u.flags;
+        r.gpa = u.guest_phys_addr;
+        r.size = u.memory_size;
+        r.hva = u.userspace_addr;
+        if (cmd == KVM_SET_USER_MEMORY_REGION2) {
+            r.gmem_offset = u.guest_memfd_offset;
+            r.gmem_fd = u.guest_memfd;
+        }
+    } else if (cmd == KVM_GET_DIRTY_LOG) {
+        struct vmt_kvm_dirty_log u = {};
+        bpf_probe_read_user(&u, sizeof(u), (void *)arg);
+        r.slot = u.slot;
+    } else if (cmd == KVM_CLEAR_DIRTY_LOG) {
+        struct vmt_kvm_clear_dirty_log u = {};
+        bpf_probe_read_user(&u, sizeof(u), (void *)arg);
+        r.slot = u.slot;
+        r.flags = u.num_pages;
+        r.gpa = u.first_page;
+    }
+    u32 tid = r.tid;
+    if (kvm_inflight.update(&tid, &r))
+        vmt_count_lost(RING_kvm, 1);
+}
+
+static __always_inline void kvm_ioctl_exit(long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct kvm_rec *r = kvm_inflight.lookup(&tid);
+    if (!r)
+        return;
+    r->end_ns = bpf_ktime_get_ns();
+    r->ret = ret;
+    kvm_emit(r);
+    kvm_inflight.delete(&tid);
+}

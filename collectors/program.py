@@ -1,0 +1,118 @@
+"""Composes the enabled collectors into one BPF program, compiles it with bcc and opens its rings.
+
+One program, not one per collector: one compile, one process filter map shared by all, and one
+handler per tracepoint (the ioctl syscall feeds two collectors through ioctl.bpf.c).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collectors import accesses, discards, kvm, mmu_notifier, vfio
+from collectors.base import Collector, Ring
+from collectors.ringbuf import RingReader
+
+HERE = Path(__file__).resolve().parent
+TRACEFS = Path("/sys/kernel/tracing")
+
+COLLECTORS: tuple[Collector, ...] = (discards.COLLECTOR, kvm.COLLECTOR, vfio.COLLECTOR,
+                                     mmu_notifier.COLLECTOR, accesses.COLLECTOR)
+FAMILY_COLLECTORS = {fam: [c for c in COLLECTORS if fam in c.families]
+                     for c0 in COLLECTORS for fam in c0.families}
+
+
+def for_families(families: list[str] | None) -> list[Collector]:
+    """The collectors that write any of `families` (all collectors for None)."""
+    if not families:
+        return list(COLLECTORS)
+    unknown = [f for f in families if f not in FAMILY_COLLECTORS]
+    if unknown:
+        raise ValueError(f"no collector writes {', '.join(unknown)}; families: "
+                         f"{', '.join(sorted(FAMILY_COLLECTORS))}")
+    return [c for c in COLLECTORS if any(f in c.families for f in families)]
+
+
+def tracepoint_exists(tp: str) -> bool:
+    system, event = tp.split(":")
+    return (TRACEFS / "events" / system / event / "format").exists()
+
+
+def have_macro(tp: str) -> str:
+    return "HAVE_" + tp.replace(":", "_").upper()
+
+
+@dataclass
+class Program:
+    bpf: object
+    collectors: list[Collector]
+    readers: list[tuple[Ring, Collector, RingReader]]
+    ring_index: dict[str, int]
+    attached: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def add_pid(self, pid: int) -> None:
+        import ctypes
+
+        table = self.bpf["traced_pids"]
+        table[table.Key(pid)] = ctypes.c_uint8(1)
+
+    def lost(self) -> dict[str, int]:
+        """Events lost so far per ring (ring full, or an in-flight table full)."""
+        table = self.bpf["vmt_lost"]
+        return {name: int(table.sum(table.Key(i)).value) for name, i in self.ring_index.items()}
+
+    def close(self) -> None:
+        for _, _, reader in self.readers:
+            reader.close()
+        self.bpf.cleanup()
+
+
+def compose(collectors: list[Collector], *, ring_pages: int, filter_pids: bool, comm: str | None
+            ) -> tuple[str, list[str], list[str], list[str], list[Collector]]:
+    """(program text, cflags, attached tracepoints, missing tracepoints, collectors kept)."""
+    attached, missing, kept = [], [], []
+    for c in collectors:
+        absent = [tp for tp in c.requires if not tracepoint_exists(tp)]
+        if absent:
+            missing += absent
+            continue
+        kept.append(c)
+        attached += c.requires
+        for tp in c.tracepoints:
+            (attached if tracepoint_exists(tp) else missing).append(tp)
+    rings = [r.name for c in kept for r in c.rings]
+    cflags = [f"-I{HERE}", f"-DVMT_RING_PAGES={ring_pages}", f"-DVMT_NRINGS={max(len(rings), 1)}"]
+    cflags += [f"-DRING_{name}={i}" for i, name in enumerate(rings)]
+    cflags += [f"-D{have_macro(tp)}" for tp in attached]
+    cflags += [f"-D{c.define}" for c in kept if c.define]
+    if filter_pids:
+        cflags.append("-DVMT_FILTER")
+    if comm:
+        cflags += [f'-DVMT_COMM="{comm[:15]}"', f"-DVMT_COMM_LEN={len(comm[:15])}"]
+    # Inlined, not #included: bcc builds tracepoint argument structs only for probes in the main text.
+    files = ["common.h", *(c.source for c in kept)]
+    if any(c.uses_ioctl for c in kept):
+        files.append("ioctl.bpf.c")
+    text = "".join(f"/* {f} */\n" + (HERE / f).read_text() for f in files)
+    return text, cflags, sorted(set(attached)), sorted(set(missing)), kept
+
+
+def load(collectors: list[Collector], *, ring_pages: int = 4096, filter_pids: bool = False,
+         comm: str | None = None) -> Program:
+    from bcc import BPF
+
+    if ring_pages <= 0 or ring_pages & (ring_pages - 1):
+        raise ValueError(f"--ring-pages must be a power of two, got {ring_pages}")
+    text, cflags, attached, missing, kept = compose(collectors, ring_pages=ring_pages,
+                                                    filter_pids=filter_pids or bool(comm), comm=comm)
+    bpf = BPF(text=text, cflags=cflags)
+    readers, index = [], {}
+    for c in kept:
+        for ring in c.rings:
+            table = bpf[f"{ring.name}_ring"]
+            index[ring.name] = len(index)
+            readers.append((ring, c, RingReader(table.map_fd, ring_pages * os.sysconf("SC_PAGE_SIZE"),
+                                                ring.dtype)))
+    return Program(bpf, kept, readers, index, attached, missing)
