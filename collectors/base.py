@@ -43,6 +43,8 @@ class Collector:
     tracepoints: tuple[str, ...] = ()             # optional tracepoints, used where present
     define: str | None = None                     # -D macro enabling ioctl dispatch
     uses_ioctl: bool = False
+    # Probes bcc does not attach by itself (uprobes): (bpf, binary) -> (attached, missing).
+    attach: Callable[[object, str | None], tuple[list[str], list[str]]] | None = None
 
     @property
     def source_name(self) -> str:

@@ -10,6 +10,7 @@
 #ifndef VMT_COMMON_H
 #define VMT_COMMON_H
 
+#include <uapi/linux/ptrace.h>
 #include "record.h"
 
 /* Events lost per ring: the ring was full, or an in-flight table was. */

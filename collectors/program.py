@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collectors import accesses, discards, kvm, mmu_notifier, vfio
+from collectors import accesses, discards, kvm, mmu_notifier, qemu, vfio
 from collectors.base import Collector, Ring
 from collectors.ringbuf import RingReader
 
@@ -18,19 +18,21 @@ HERE = Path(__file__).resolve().parent
 TRACEFS = Path("/sys/kernel/tracing")
 
 COLLECTORS: tuple[Collector, ...] = (discards.COLLECTOR, kvm.COLLECTOR, vfio.COLLECTOR,
-                                     mmu_notifier.COLLECTOR, accesses.COLLECTOR)
-FAMILY_COLLECTORS = {fam: [c for c in COLLECTORS if fam in c.families]
-                     for c0 in COLLECTORS for fam in c0.families}
+                                     mmu_notifier.COLLECTOR, accesses.COLLECTOR, qemu.COLLECTOR)
+FAMILIES = {fam for c in COLLECTORS for fam in c.families}
+
+
+class CompileError(Exception):
+    """bcc could not compile or load the composed program."""
 
 
 def for_families(families: list[str] | None) -> list[Collector]:
     """The collectors that write any of `families` (all collectors for None)."""
     if not families:
         return list(COLLECTORS)
-    unknown = [f for f in families if f not in FAMILY_COLLECTORS]
+    unknown = [f for f in families if f not in FAMILIES]
     if unknown:
-        raise ValueError(f"no collector writes {', '.join(unknown)}; families: "
-                         f"{', '.join(sorted(FAMILY_COLLECTORS))}")
+        raise ValueError(f"no collector writes {', '.join(unknown)}; families: {', '.join(sorted(FAMILIES))}")
     return [c for c in COLLECTORS if any(f in c.families for f in families)]
 
 
@@ -100,14 +102,23 @@ def compose(collectors: list[Collector], *, ring_pages: int, filter_pids: bool, 
 
 
 def load(collectors: list[Collector], *, ring_pages: int = 4096, filter_pids: bool = False,
-         comm: str | None = None) -> Program:
+         comm: str | None = None, qemu_binary: str | None = None) -> Program:
     from bcc import BPF
 
     if ring_pages <= 0 or ring_pages & (ring_pages - 1):
         raise ValueError(f"--ring-pages must be a power of two, got {ring_pages}")
     text, cflags, attached, missing, kept = compose(collectors, ring_pages=ring_pages,
                                                     filter_pids=filter_pids or bool(comm), comm=comm)
-    bpf = BPF(text=text, cflags=cflags)
+    try:
+        bpf = BPF(text=text, cflags=cflags)
+    except Exception as e:  # bcc raises a bare Exception; clang's messages are already on stderr
+        raise CompileError(f"the BPF program did not compile or load ({e}); clang's messages are above. "
+                           f"Kernel headers: /lib/modules/{os.uname().release}/build") from None
+    for c in kept:
+        if c.attach:
+            more, absent = c.attach(bpf, qemu_binary)
+            attached += more
+            missing += absent
     readers, index = [], {}
     for c in kept:
         for ring in c.rings:

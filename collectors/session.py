@@ -63,7 +63,7 @@ class Stats:
 class Collection:
     def __init__(self, run_dir: Path, *, families: list[str] | None = None, pids: list[int] = (),
                  comm: str | None = None, ring_pages: int = 4096, chunk_rows: int = 262_144,
-                 follow_command: bool = False):
+                 follow_command: bool = False, qemu_binary: str | None = None):
         self.run_dir = run_dir
         self.collectors = prog.for_families(families)
         self.families = families
@@ -71,6 +71,7 @@ class Collection:
         self.comm = comm
         self.ring_pages = ring_pages
         self.chunk_rows = chunk_rows
+        self.qemu_binary = qemu_binary
         self.filtered = bool(self.pids or comm or follow_command)
         self.stats = Stats()
         self._stop = False
@@ -84,8 +85,11 @@ class Collection:
 
         Returns the command's exit status (0 without a command).
         """
-        program = prog.load(self.collectors, ring_pages=self.ring_pages,
-                            filter_pids=self.filtered, comm=self.comm)
+        try:
+            program = prog.load(self.collectors, ring_pages=self.ring_pages, filter_pids=self.filtered,
+                                comm=self.comm, qemu_binary=self.qemu_binary)
+        except prog.CompileError as e:
+            raise CollectError(str(e)) from None
         writer = RunWriter(self.run_dir, source="bpf", kind="collector", chunk_rows=self.chunk_rows, info={
             "collectors": [c.name for c in program.collectors],
             "attached": program.attached, "missing": program.missing,

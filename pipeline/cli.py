@@ -81,6 +81,40 @@ def import_jsonl_cmd(
     out.print(f"imported {total} events into {run} ({detail or 'none'})", markup=False, highlight=False)
 
 
+@import_app.command("qemu-log")
+def import_qemu_log_cmd(
+    files: Annotated[list[Path], typer.Argument(help="QEMU trace logs (-msg timestamp=on -D FILE); "
+                                                "gzip accepted.", show_default=False)],
+    run: Annotated[Path, typer.Option("--run", help="Run directory to create or append to.",
+                                      show_default=False)],
+    pid: Annotated[Optional[int], typer.Option(help="QEMU's process id [default: the smallest thread id "
+                                               "in the log].", show_default=False)] = None,
+    clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the log's wall "
+                                                        "clock to get CLOCK_MONOTONIC [default: aligned "
+                                                        "on the run's memslot ioctls, else this host's "
+                                                        "current offset].", show_default=False)] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Import the lines that parse; count the "
+                                           "others as lost events.")] = False,
+) -> None:
+    """Import QEMU's own trace log (memslot updates, RAM discards, balloon, bitmap syncs).
+
+    A malformed line stops the import with its file and line number unless --skip-bad;
+    events vmemtrace does not use are counted, not errors.
+    """
+    from pipeline.importers.jsonl import TraceFormatError
+    from pipeline.importers.qemu_log import import_qemu_log
+
+    try:
+        res = import_qemu_log(files, run, pid=pid, clock_offset_ns=clock_offset, skip_bad=skip_bad)
+    except (TraceFormatError, RunError) as e:
+        fail(str(e))
+    a = res["alignment"]
+    rows = ", ".join(f"{k} {v}" for k, v in sorted(res["rows"].items())) or "none"
+    residual = "" if a.residual_ns is None else f", residual {a.residual_ns} ns over {a.matched} events"
+    out.print(f"imported into {run}: {rows}; unknown events {sum(res['unknown'].values())}; bad lines "
+              f"{res['bad']}; clock: {a.method}{residual}", markup=False, highlight=False)
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 def collect(
     command: Annotated[Optional[list[str]], typer.Argument(
@@ -97,6 +131,9 @@ def collect(
     duration: Annotated[Optional[float], typer.Option("--duration", "-d", help="Stop after this many "
                                                       "seconds.")] = None,
     ring_pages: Annotated[int, typer.Option(help="Pages per BPF ring buffer (power of two).")] = 4096,
+    qemu: Annotated[Optional[str], typer.Option("--qemu", help="QEMU binary whose exported functions get "
+                                                "uprobes [default: /usr/bin/qemu-system-x86_64].",
+                                                show_default=False)] = None,
     mount: Annotated[bool, typer.Option("--mount", help="Mount tracefs and bpffs if they are not.")] = False,
 ) -> None:
     """Trace real kernel events with eBPF (bcc) into a run. Needs root.
@@ -113,7 +150,7 @@ def collect(
     try:
         preflight(mount=mount)
         coll = Collection(run, families=families, pids=pid or [], comm=comm, ring_pages=ring_pages,
-                          follow_command=bool(command))
+                          follow_command=bool(command), qemu_binary=qemu)
     except (CollectError, ValueError) as e:
         fail(str(e))
 

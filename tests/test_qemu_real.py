@@ -1,0 +1,100 @@
+"""A real QEMU under KVM, traced by `vmemtrace collect --comm qemu-system` while it starts and
+migrates to `exec:cat > /dev/null`, with QEMU's own trace log as the independent record."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from pipeline.importers.qemu_log import import_qemu_log
+from pipeline.runstore import open_run
+from tests.conftest import require
+from tests.qemu_vm import QEMU, QemuVM
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = ["as_id", "slot", "flags", "gpa", "size", "hva", "ret"]
+
+
+@pytest.fixture(scope="module")
+def traced_qemu(tmp_path_factory):
+    require(os.geteuid() == 0, "needs root")
+    require(Path(QEMU).exists(), f"{QEMU} is not installed")
+    require(os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is not usable")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "bcc is not importable (make setup-host)")
+    work = tmp_path_factory.mktemp("qemu")
+    run = work / "run"
+    collector = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "collect", "--run", str(run),
+                                  "--comm", "qemu-system", "--duration", "120"],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "manifest.json").exists():  # written once the probes are attached
+            assert collector.poll() is None, collector.stderr.read()
+            assert time.monotonic() < deadline, "collector did not start"
+            time.sleep(0.1)
+        with QemuVM(work) as vm:
+            qemu_pid = vm.proc.pid
+            time.sleep(0.5)
+            migration = vm.migrate_to_null()
+        time.sleep(0.5)
+    finally:
+        collector.send_signal(signal.SIGINT)
+        _, err = collector.communicate(timeout=60)
+    assert collector.returncode == 0, err
+    return {"run": run, "log": work / "qemu-trace.log", "pid": qemu_pid, "migration": migration, "work": work}
+
+
+def test_memslots_match_qemu_log_line_by_line(traced_qemu):
+    run = open_run(traced_qemu["run"])
+    assert run.state == "clean"
+    kernel = run.read_family("memslots")
+    kernel = kernel.filter(pc.equal(kernel["pid"], traced_qemu["pid"])).sort_by("ts_ns")
+    logged = import_qemu_log([traced_qemu["log"]], traced_qemu["work"] / "from-log")
+    qlog = open_run(traced_qemu["work"] / "from-log").read_family("memslots")
+    assert logged["rows"]["memslots"] == qlog.num_rows > 10
+    assert kernel.select(FIELDS).to_pylist() == qlog.select(FIELDS).to_pylist()
+    assert pc.all(pc.equal(qlog["pid"], traced_qemu["pid"])).as_py()  # pid inferred from thread ids
+    # Migration turns dirty logging on for guest RAM and off again.
+    assert any(f & 1 for f in kernel["flags"].to_pylist())
+
+
+def test_qemu_log_aligns_on_the_same_ioctls(traced_qemu, tmp_path):
+    import shutil
+
+    run = tmp_path / "both"
+    shutil.copytree(traced_qemu["run"], run)
+    res = import_qemu_log([traced_qemu["log"]], run)
+    a = res["alignment"]
+    assert a.method == "memslots" and a.matched >= 10
+    assert 0 <= a.residual_ns < 5_000_000  # QEMU logs microseconds after the ioctl returns
+    assert open_run(run).manifest["sessions"][-1]["clock"]["alignment"] == "memslots"
+
+
+def test_uprobes_see_migration_and_dirty_logging(traced_qemu):
+    run = open_run(traced_qemu["run"])
+    attached = run.manifest["sessions"][0]["attached"]
+    assert f"uprobe:{QEMU}:qemu_guest_free_page_hint" in attached
+    assert f"uprobe:{QEMU}:ram_block_discard_disable" in attached
+    q = run.read_family("qemu")
+    q = q.filter(pc.equal(q["pid"], traced_qemu["pid"])).sort_by("ts_ns").to_pylist()
+    events = [r["event"] for r in q]
+    assert events.index("dirty_log_start") < events.index("dirty_log_stop")
+    notify = [r["detail"] for r in q if r["event"] == "precopy_notify"]
+    assert notify[0] == "setup" and notify[-1] == "cleanup" and "complete" in notify
+    assert traced_qemu["migration"]["status"] == "completed"
+
+
+def test_mmu_notifier_and_discards_from_qemu(traced_qemu):
+    run = open_run(traced_qemu["run"])
+    inval = run.read_family("mmu_notifier")
+    assert pc.sum(pc.equal(inval["pid"], traced_qemu["pid"])).as_py() > 0
+    for r in inval.filter(pc.equal(inval["event"], "unmap_hva_range")).to_pylist():
+        assert r["hva_start"] < r["hva_end"]
