@@ -116,3 +116,16 @@ TRACEPOINT_PROBE(kvm, kvm_mmio)
     return 0;
 }
 #endif
+
+#ifdef HAVE_KVM_KVM_USERSPACE_EXIT
+/* No address, but it proves the vCPU ran: detectors need to know when a VM's vCPUs started. */
+TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
+{
+    struct access_rec r = {};
+    if (!access_init(&r, 6))
+        return 0;
+    r.error_code = args->reason;
+    accesses_emit(&r);
+    return 0;
+}
+#endif

@@ -6,7 +6,7 @@ import pyarrow as pa
 from collectors.base import Collector, Ring, envelope_columns, labels, nullable, record_dtype
 
 # Order matters: accesses.bpf.c stores the index.
-VIA = ("page_fault", "spte_requested", "spte_set", "spte_changed", "dirty_ring_push", "mmio")
+VIA = ("page_fault", "spte_requested", "spte_set", "spte_changed", "dirty_ring_push", "mmio", "userspace_exit")
 NONE64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 DTYPE = record_dtype([("gpa", "<u8"), ("pfn", "<u8"), ("error_code", "<u8"), ("page_offset", "<u8"),
@@ -27,7 +27,7 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
         as_id=nullable(rec["as_id"].astype(np.uint16), rec["as_id"] == 0xFF),
         slot=nullable((rec["slot"] & 0xFFFF).astype(np.uint16), rec["slot"] == 0xFFFFFFFF),
         level=nullable(rec["level"], rec["level"] == 0),
-        error_code=nullable(rec["error_code"], via != 0),
+        error_code=nullable(rec["error_code"], (via != 0) & (via != 6)),
         page_offset=nullable(rec["page_offset"], rec["page_offset"] == NONE64),
     )
     return {"guest_accesses": pa.table(cols)}
@@ -36,6 +36,7 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
 COLLECTOR = Collector(
     name="accesses", families=("guest_accesses",), source="accesses.bpf.c",
     tracepoints=("kvm:kvm_page_fault", "kvmmmu:kvm_mmu_spte_requested", "kvmmmu:kvm_mmu_set_spte",
-                 "kvmmmu:kvm_tdp_mmu_spte_changed", "kvm:kvm_dirty_ring_push", "kvm:kvm_mmio"),
+                 "kvmmmu:kvm_tdp_mmu_spte_changed", "kvm:kvm_dirty_ring_push", "kvm:kvm_mmio",
+                 "kvm:kvm_userspace_exit"),
     rings=(Ring("accesses", DTYPE, decode, "accesses.h", "access_rec"),),
 )

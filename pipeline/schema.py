@@ -171,7 +171,7 @@ FAMILIES: tuple[Family, ...] = (
                _field("as_id", pa.uint16(), "Address-space id (dirty ring, TDP MMU)."),
                _field("slot", pa.uint16(), "Slot id (dirty ring)."),
                _field("level", pa.uint8(), "Page-table level of the mapping (1 = 4 KiB)."),
-               _field("error_code", pa.uint64(), "Page-fault error code (page_fault)."),
+               _field("error_code", pa.uint64(), "Page-fault error code (page_fault); exit reason (userspace_exit)."),
                _field("page_offset", pa.uint64(), "Page offset within the slot (dirty_ring_push; "
                       "the GPA follows from the memslot)."),
            )),
