@@ -187,6 +187,8 @@ def run_detectors(run: Run, detectors: list[Detector] | None = None,
         t0 = time.perf_counter()
         out = _run_one(con, det)
         st.seconds = time.perf_counter() - t0
+        if out.column("event_ids").null_count or out.column("message").null_count:
+            raise DetectorError(f"{det.path}: returned a finding without event_ids or message")
         bad = set(out.column("severity").to_pylist()) - set(det.severities)
         if bad:
             raise DetectorError(f"{det.path}: emitted severity {', '.join(sorted(map(str, bad)))} "

@@ -1,0 +1,125 @@
+-- id: D2
+-- title: Balloon inhibit counter mistakes
+-- severities: critical, high, medium
+-- needs: vfio_groups | qemu
+-- proves: QEMU must not discard guest RAM (balloon, free page reporting) while a VFIO group is
+--   attached; the inhibitor is a counter: one increment per attached group. The count is the
+--   running sum of successful ram_block_discard_disable / ram_block_uncoordinated_discard_disable
+--   / qemu_balloon_inhibit calls (+1 true, -1 false); groups are VFIO_GROUP_SET_CONTAINER minus
+--   UNSET_CONTAINER. `high` counter_underflow: a release while the count is already 0. `high`
+--   missing_inhibit: attached groups > count for longer than 100 ms (QEMU changes the two in
+--   adjacent calls). `critical` discard_while_inhibited: discards of guest RAM (HVA inside a live
+--   memslot; QEMU's ram_block_discard_range when no syscall discards were traced) while the count
+--   or the attached groups are > 0, one finding per stretch of unchanged state (the first 50 event
+--   ids, the total in the message); D1 findings on the same discards are linked. `medium`
+--   inhibit_leak: count still > 0 100 ms after the last group detached. When a process has no
+--   inhibit events, the count is derived from its attached groups and the finding says so.
+WITH inhibit AS (
+    SELECT pid, ts_ns, event_id, comm,
+           CASE WHEN state THEN 1 ELSE -1 END AS d_inhibit, 0 AS d_groups, event AS what
+    FROM qemu
+    WHERE event IN ('discard_disable', 'uncoordinated_discard_disable', 'balloon_inhibit')
+      AND state IS NOT NULL AND coalesce(ret, 0) = 0
+), groups AS (
+    SELECT pid, ts_ns, event_id, comm, 0 AS d_inhibit,
+           CASE op WHEN 'attach' THEN 1 ELSE -1 END AS d_groups, 'VFIO group ' || op AS what
+    FROM vfio_groups
+    WHERE coalesce(ret, 0) = 0
+), derived AS (
+    SELECT DISTINCT g.pid FROM groups g WHERE g.pid NOT IN (SELECT pid FROM inhibit)
+), changes AS (
+    SELECT * FROM inhibit UNION ALL SELECT * FROM groups
+), timeline AS (
+    -- The state after each change: inhibit count (derived = attached groups) and attached groups.
+    SELECT c.*,
+           CASE WHEN c.pid IN (SELECT pid FROM derived) THEN sum(d_groups) OVER w
+                ELSE sum(d_inhibit) OVER w END AS count,
+           sum(d_groups) OVER w AS attached,
+           c.pid IN (SELECT pid FROM derived) AS is_derived,
+           lead(ts_ns) OVER (PARTITION BY pid ORDER BY ts_ns, event_id) AS next_ns,
+           lead(event_id) OVER (PARTITION BY pid ORDER BY ts_ns, event_id) AS next_id
+    FROM changes c
+    WINDOW w AS (PARTITION BY pid ORDER BY ts_ns, event_id ROWS UNBOUNDED PRECEDING)
+), underflow AS (
+    SELECT 'counter_underflow' AS kind, 'high' AS severity, pid, comm, ts_ns AS ts_start_ns, ts_ns AS ts_end_ns,
+           NULL::UBIGINT AS gpa_start, NULL::UBIGINT AS gpa_end, NULL::UBIGINT AS hva_start, NULL::UBIGINT AS hva_end,
+           [event_id] AS event_ids,
+           printf('%s(false) by %s (pid %d) released a discard inhibit while the count was already 0: inhibit and release calls are unbalanced, so ballooning may be allowed while a device pins guest RAM.',
+                  what, comm, pid) AS message
+    FROM timeline
+    WHERE d_inhibit = -1 AND count - d_inhibit <= 0
+), islands AS (
+    -- Stretches of consecutive states in which attached groups exceed the count.
+    SELECT *, sum(CASE WHEN mism IS DISTINCT FROM prev_mism THEN 1 ELSE 0 END)
+                  OVER (PARTITION BY pid ORDER BY ts_ns, event_id ROWS UNBOUNDED PRECEDING) AS island
+    -- A count below 0 only follows an underflow (reported above); QEMU's counter stays at 0.
+    FROM (SELECT *, attached > greatest(count, 0) AS mism,
+                 lag(attached > greatest(count, 0)) OVER (PARTITION BY pid ORDER BY ts_ns, event_id) AS prev_mism
+          FROM timeline)
+), missing AS (
+    SELECT 'missing_inhibit' AS kind, 'high' AS severity, pid, any_value(comm) AS comm,
+           min(ts_ns) AS ts_start_ns, max(coalesce(next_ns, ts_ns)) AS ts_end_ns,
+           NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT,
+           list_sort(list_distinct(list(event_id) || coalesce(list(next_id) FILTER (WHERE next_id IS NOT NULL), [])))
+               AS event_ids,
+           printf('%s (pid %d) had %d VFIO group(s) attached but a discard inhibit count of %d for %s: a group was attached without raising the balloon inhibitor.',
+                  any_value(comm), pid, max(attached), min(count),
+                  CASE WHEN bool_or(next_ns IS NULL) THEN 'the rest of the run'
+                       ELSE printf('%.1f ms', (max(next_ns) - min(ts_ns)) / 1e6) END) AS message
+    FROM islands
+    WHERE mism AND NOT is_derived
+    GROUP BY pid, island
+    HAVING bool_or(next_ns IS NULL) OR max(next_ns) - min(ts_ns) > 100000000
+), leak AS (
+    SELECT 'inhibit_leak' AS kind, 'medium' AS severity, pid, comm, ts_ns AS ts_start_ns,
+           coalesce(next_ns, ts_ns) AS ts_end_ns,
+           NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT,
+           [event_id] AS event_ids,
+           printf('The last VFIO group of %s (pid %d) detached but the discard inhibit count stayed at %d for %s: an inhibit was not released, so ballooning stays off.',
+                  comm, pid, count, CASE WHEN next_ns IS NULL THEN 'the rest of the run'
+                                         ELSE printf('%.1f ms', (next_ns - ts_ns) / 1e6) END) AS message
+    FROM timeline
+    WHERE d_groups = -1 AND attached = 0 AND count > 0 AND NOT is_derived
+      AND (next_ns IS NULL OR next_ns - ts_ns > 100000000)
+), guest_discards AS (
+    SELECT d.pid, d.comm, d.event_id, d.ts_ns, d.hva_start, d.hva_start + d.size AS hva_end,
+           s.gpa_start + (greatest(d.hva_start, s.hva_start) - s.hva_start) AS gpa_start,
+           s.gpa_start + (least(d.hva_start + d.size, s.hva_end) - s.hva_start) AS gpa_end
+    FROM discards d
+    JOIN memslot_timeline s
+      ON s.pid = d.pid AND s.as_id = 0 AND s.valid_from <= d.ts_ns AND (s.valid_to IS NULL OR d.ts_ns < s.valid_to)
+     AND s.hva_start < d.hva_start + d.size AND d.hva_start < s.hva_end
+    WHERE d.hva_start IS NOT NULL AND coalesce(d.ret, 0) = 0
+      AND (d.syscall = 'fallocate' OR d.advice IN (4, 8, 9, 24))
+    UNION ALL
+    SELECT q.pid, q.comm, q.event_id, q.ts_ns, q.hva, q.hva + q.size, NULL, NULL
+    FROM qemu q
+    WHERE q.event = 'ram_block_discard_range' AND coalesce(q.ret, 0) = 0 AND q.hva IS NOT NULL
+      AND q.pid NOT IN (SELECT pid FROM discards)
+), while_inhibited AS (
+    SELECT g.*, t.event_id AS state_id, t.count, t.attached, t.is_derived
+    FROM guest_discards g
+    ASOF JOIN timeline t ON g.pid = t.pid AND g.ts_ns >= t.ts_ns
+    WHERE t.count > 0 OR t.attached > 0
+), discard_findings AS (
+    SELECT 'discard_while_inhibited' AS kind, 'critical' AS severity, pid, any_value(comm) AS comm,
+           min(ts_ns) AS ts_start_ns, max(ts_ns) AS ts_end_ns,
+           min(gpa_start) AS gpa_start, max(gpa_end) AS gpa_end, min(hva_start) AS hva_start, max(hva_end) AS hva_end,
+           list_sort([state_id] || list(event_id ORDER BY ts_ns, event_id)[1:50]) AS event_ids,
+           printf('%s (pid %d) discarded guest RAM %d time(s) (HVA 0x%x-0x%x) while %s: the balloon ignored the inhibitor and a device may hold pinned copies of those pages%s.',
+                  any_value(comm), pid, count(*), min(hva_start), max(hva_end),
+                  CASE WHEN any_value(is_derived)
+                       THEN printf('%d VFIO group(s) were attached (inhibit count derived from attached groups: no inhibit events traced)', any_value(attached))
+                       ELSE printf('the discard inhibit count was %d with %d VFIO group(s) attached', any_value(count), any_value(attached)) END,
+                  CASE WHEN count(*) > 50 THEN '; evidence lists the first 50' ELSE '' END) AS message
+    FROM while_inhibited
+    GROUP BY pid, state_id
+)
+SELECT kind, severity, pid, comm, ts_start_ns, ts_end_ns,
+       NULL::UBIGINT AS gpa_start, NULL::UBIGINT AS gpa_end, NULL::UBIGINT AS hva_start, NULL::UBIGINT AS hva_end,
+       NULL::UBIGINT AS iova_start, NULL::UBIGINT AS iova_end, event_ids, message
+FROM (SELECT * FROM underflow UNION ALL SELECT * FROM missing UNION ALL SELECT * FROM leak)
+UNION ALL
+SELECT kind, severity, pid, comm, ts_start_ns, ts_end_ns, gpa_start, gpa_end, hva_start, hva_end,
+       NULL::UBIGINT, NULL::UBIGINT, event_ids, message
+FROM discard_findings
