@@ -8,8 +8,8 @@
 --   / qemu_balloon_inhibit calls (+1 true, -1 false); groups are VFIO_GROUP_SET_CONTAINER minus
 --   UNSET_CONTAINER. `high` counter_underflow: a release while the count is already 0. `high`
 --   missing_inhibit: attached groups > count for longer than 100 ms (QEMU changes the two in
---   adjacent calls). `critical` discard_while_inhibited: discards of guest RAM (HVA inside a live
---   memslot; QEMU's ram_block_discard_range when no syscall discards were traced) while the count
+--   adjacent calls). `critical` discard_while_inhibited: discards of guest RAM (the guest_discards
+--   view) while the count
 --   or the attached groups are > 0, one finding per stretch of unchanged state (the first 50 event
 --   ids, the total in the message); D1 findings on the same discards are linked. `medium`
 --   inhibit_leak: count still > 0 100 ms after the last group detached. When a process has no
@@ -81,21 +81,6 @@ WITH inhibit AS (
     FROM timeline
     WHERE d_groups = -1 AND attached = 0 AND count > 0 AND NOT is_derived
       AND (next_ns IS NULL OR next_ns - ts_ns > 100000000)
-), guest_discards AS (
-    SELECT d.pid, d.comm, d.event_id, d.ts_ns, d.hva_start, d.hva_start + d.size AS hva_end,
-           s.gpa_start + (greatest(d.hva_start, s.hva_start) - s.hva_start) AS gpa_start,
-           s.gpa_start + (least(d.hva_start + d.size, s.hva_end) - s.hva_start) AS gpa_end
-    FROM discards d
-    JOIN memslot_timeline s
-      ON s.pid = d.pid AND s.as_id = 0 AND s.valid_from <= d.ts_ns AND (s.valid_to IS NULL OR d.ts_ns < s.valid_to)
-     AND s.hva_start < d.hva_start + d.size AND d.hva_start < s.hva_end
-    WHERE d.hva_start IS NOT NULL AND coalesce(d.ret, 0) = 0
-      AND (d.syscall = 'fallocate' OR d.advice IN (4, 8, 9, 24))
-    UNION ALL
-    SELECT q.pid, q.comm, q.event_id, q.ts_ns, q.hva, q.hva + q.size, NULL, NULL
-    FROM qemu q
-    WHERE q.event = 'ram_block_discard_range' AND coalesce(q.ret, 0) = 0 AND q.hva IS NOT NULL
-      AND q.pid NOT IN (SELECT pid FROM discards)
 ), while_inhibited AS (
     SELECT g.*, t.event_id AS state_id, t.count, t.attached, t.is_derived
     FROM guest_discards g
