@@ -268,13 +268,14 @@ def _print_summary(r, result, findings) -> None:
     if r.state != "clean":
         err.print(f"warning: run stopped {r.state}; events after the last chunk may be missing",
                   markup=False, highlight=False)
-    t = Table("detector", "status", "findings")
+    needs = {d.id: "; ".join(" | ".join(n) for n in d.needs) or "-" for d in _detectors()}
+    t = Table("detector", "needs", "status", "findings")
     for s in result.statuses:
         if s.status == "ran":
             sev = ", ".join(f"{n} {k}" for k, n in sorted(s.by_severity.items(), key=lambda kv: severity_rank(kv[0])))
-            t.add_row(f"{s.id} {s.title}", "ran", sev or "none")
+            t.add_row(f"{s.id} {s.title}", needs[s.id], "ran", sev or "none")
         else:
-            t.add_row(f"{s.id} {s.title}", f"not run: missing {'; '.join(s.missing)}", "-")
+            t.add_row(f"{s.id} {s.title}", needs[s.id], f"not run: missing {'; '.join(s.missing)}", "-")
     out.print(t)
     for f in findings:
         out.print(f"[{f['severity']}] {f['detector']} {f['finding_id']}: {f['message']}",

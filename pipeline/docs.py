@@ -44,7 +44,8 @@ def detectors_section() -> str:
     for d in load_detectors():
         needs = "; ".join(" or ".join(f"`{t}`" for t in alts) for alts in d.needs)
         lines += [f"### {d.id}: {d.title}", "",
-                  f"Severities: {', '.join(d.severities)}. Needs: {needs}. File: `queries/{d.path.name}`.", "",
+                  f"Severities: {', '.join(d.severities)}. Needs: {needs or 'nothing'}. "
+                  f"File: `queries/{d.path.name}`.", "",
                   d.proves, ""]
     return "\n".join(lines).rstrip()
 

@@ -85,6 +85,7 @@ def parse_detector(path: Path) -> Detector:
         raise DetectorError(f"{path}: header 'severities' names unknown {', '.join(bad)}")
     tables = {f.name for f in FAMILIES}
     needs = tuple(tuple(t.strip() for t in req.split("|")) for req in header["needs"].split(";") if req.strip())
+    # An empty `needs:` is a detector about the run itself: it always runs.
     unknown = [t for req in needs for t in req if t not in tables]
     if unknown:
         raise DetectorError(f"{path}: header 'needs' names unknown table(s) {', '.join(unknown)}")
@@ -112,12 +113,37 @@ def connect(run: Run) -> duckdb.DuckDBPyConnection:
         else:
             con.register(f"_empty_{fam.name}", fam.schema.empty_table())
             con.execute(f"CREATE VIEW {fam.name} AS SELECT * FROM _empty_{fam.name}")
+    con.register("_sessions", sessions_table(run))
+    con.execute("CREATE VIEW sessions AS SELECT * FROM _sessions")
     for view in sorted(VIEWS_DIR.glob("*.sql")):
         try:
             con.execute(view.read_text())
         except duckdb.Error as e:
             raise DetectorError(f"{view}: {e}") from e
     return con
+
+
+def sessions_table(run: Run) -> pa.Table:
+    """The manifest's sessions as a table, for detectors that judge the run itself."""
+    rows = []
+    for s in run.manifest.get("sessions", []):
+        state = s.get("state")
+        if state == "running" and run.state != "running":
+            state = "unclean"
+        clock = s.get("clock") if isinstance(s.get("clock"), dict) else {}
+        rows.append({"session": s.get("session"), "source": s.get("source"), "kind": s.get("kind"),
+                     "state": state, "missing": s.get("missing", []),
+                     "start_ns": s.get("monotonic_start_ns"), "end_ns": s.get("monotonic_end_ns"),
+                     "clock_alignment": clock.get("alignment"), "clock_residual_ns": clock.get("residual_ns"),
+                     "clock_matched": clock.get("matched_events")})
+    return pa.Table.from_pylist(rows, schema=SESSIONS_SCHEMA)
+
+
+SESSIONS_SCHEMA = pa.schema([
+    ("session", pa.int32()), ("source", pa.string()), ("kind", pa.string()), ("state", pa.string()),
+    ("missing", pa.list_(pa.string())), ("start_ns", pa.int64()), ("end_ns", pa.int64()),
+    ("clock_alignment", pa.string()), ("clock_residual_ns", pa.int64()), ("clock_matched", pa.int64()),
+])
 
 
 @dataclass

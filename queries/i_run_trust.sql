@@ -1,0 +1,44 @@
+-- id: I
+-- title: Trust of the run
+-- severities: info
+-- needs:
+-- proves: What limits the other findings: `info` lost_events (per family: events a collector's
+--   ring buffer or an importer could not keep; a detector may miss what they held),
+--   unclean_stop (a session whose writer died: events after its last chunk are missing),
+--   missing_probes (tracepoints or uprobes a collector wanted but this kernel or QEMU binary
+--   lacks), clock_alignment (a QEMU log placed on the monotonic clock by memslot alignment, with
+--   its residual, or by this host's current offset, which is right only for a log of this boot).
+--   Detectors that could not run at all are listed as "not run" beside the findings.
+WITH lost AS (
+    SELECT 'lost_events' AS kind, family, sum(count) AS n, min(ts_ns) AS t0, max(ts_ns) AS t1,
+           list(event_id ORDER BY event_id)[1:50] AS ids, string_agg(DISTINCT reason, '; ') AS why,
+           string_agg(DISTINCT source, ', ') AS sources
+    FROM lost_events
+    GROUP BY family
+)
+SELECT kind, 'info' AS severity, NULL::INTEGER AS pid, NULL::VARCHAR AS comm, t0 AS ts_start_ns, t1 AS ts_end_ns,
+       NULL::UBIGINT AS gpa_start, NULL::UBIGINT AS gpa_end, NULL::UBIGINT AS hva_start, NULL::UBIGINT AS hva_end,
+       NULL::UBIGINT AS iova_start, NULL::UBIGINT AS iova_end, ids AS event_ids,
+       printf('%d %s event(s) were lost by %s (%s): findings that need them may be missing.', n, family, sources, why)
+           AS message
+FROM lost
+UNION ALL
+SELECT 'unclean_stop', 'info', NULL, NULL, start_ns, end_ns, NULL, NULL, NULL, NULL, NULL, NULL, [],
+       printf('Session %d (%s %s) stopped uncleanly: events after its last written chunk are missing.',
+              session, kind, source)
+FROM sessions WHERE state = 'unclean'
+UNION ALL
+SELECT 'missing_probes', 'info', NULL, NULL, start_ns, end_ns, NULL, NULL, NULL, NULL, NULL, NULL, [],
+       printf('Session %d (%s) could not attach %d probe(s) this host lacks: %s.', session, source,
+              len(missing), array_to_string(missing, ', '))
+FROM sessions WHERE len(missing) > 0
+UNION ALL
+SELECT 'clock_alignment', 'info', NULL, NULL, start_ns, end_ns, NULL, NULL, NULL, NULL, NULL, NULL, [],
+       CASE clock_alignment
+           WHEN 'memslots' THEN printf('Session %d (%s) was put on the monotonic clock by matching %d memslot updates with a kernel-side source; residual %.1f us.',
+                                       session, source, clock_matched, clock_residual_ns / 1000.0)
+           WHEN 'host' THEN printf('Session %d (%s) was put on the monotonic clock with this host''s current wall-clock offset: right only if the log was written during this boot.',
+                                   session, source)
+           ELSE printf('Session %d (%s) was put on the monotonic clock with an offset given by hand.', session, source)
+       END
+FROM sessions WHERE clock_alignment IS NOT NULL
