@@ -42,12 +42,14 @@ def test_detect_exit_codes_and_json_contract(tmp_path, cli):
     res = cli("detect", run, "--json")
     assert res.exit_code == 1  # high and critical findings, default --fail-on high
     findings = json.loads(res.stdout)
-    assert {f["severity"] for f in findings} == {"critical", "high"}
+    assert {f["severity"] for f in findings} == {"critical", "high", "info"}  # info: the demo's lost events
     for f in findings:
         for k in ("detector", "severity", "pid", "ts_start_ns", "ts_end_ns", "gpa_start", "gpa_end",
                   "hva_start", "hva_end", "iova_start", "iova_end", "event_ids", "related", "message"):
             assert k in f
-        assert f["gpa_start"] < f["gpa_end"] and isinstance(f["event_ids"], list)
+        assert isinstance(f["event_ids"], list)
+        if f["gpa_start"] is not None:
+            assert f["gpa_start"] < f["gpa_end"]
     assert cli("detect", run, "--fail-on", "critical").exit_code == 1
     assert cli("detect", run, "--fail-on", "none").exit_code == 0
     assert cli("detect", run, "--fail-on", "bogus").exit_code == 2
@@ -64,9 +66,11 @@ def test_detector_without_its_sources_is_not_run(tmp_path, cli):
     cli("import", "jsonl", trace, "--run", tmp_path / "run")
     res = cli("detect", tmp_path / "run")
     assert res.exit_code == 0
-    assert "not run: missing dma" in res.output
-    status = json.loads((tmp_path / "run" / "findings" / "detectors.json").read_text())
-    assert status[0]["status"] == "not run" and status[0]["missing"] == ["dma"]
+    assert "not run" in res.output
+    status = {s["id"]: s for s in json.loads((tmp_path / "run" / "findings" / "detectors.json").read_text())}
+    assert status["D1"]["status"] == "not run" and status["D1"]["missing"] == ["dma"]
+    assert status["D4"]["status"] == "not run" and status["D4"]["missing"] == ["memslots"]
+    assert status["I"]["status"] == "ran"
 
 
 def test_detect_list(cli):
