@@ -30,11 +30,11 @@ WITH discard AS (
     WHERE event = 'unmap_hva_range'
 ), caused AS (
     -- An invalidation raised inside a discard syscall of the same thread is that discard's effect.
+    -- A thread is in one syscall at a time: its latest discard at or before the invalidation.
     SELECT i.event_id AS inval_id, d.event_id AS discard_id, i.hva_start, i.hva_end
     FROM inval i
-    JOIN discard d
-      ON i.pid = d.pid AND i.tid = d.tid AND i.ts_ns >= d.ts_ns AND i.ts_ns <= d.end_ns
-     AND i.hva_start < d.hva_end AND d.hva_start < i.hva_end
+    ASOF JOIN discard d ON i.pid = d.pid AND i.tid = d.tid AND i.ts_ns >= d.ts_ns
+    WHERE i.ts_ns <= d.end_ns AND i.hva_start < d.hva_end AND d.hva_start < i.hva_end
 ), trig AS (
     SELECT event_id, ts_ns, pid, comm, hva_start, hva_end, what, 'discard_over_live_mapping' AS kind
     FROM discard
@@ -73,18 +73,19 @@ WITH discard AS (
     FROM dma
     WHERE api = 'iommu' AND op = 'map' AND paddr IS NOT NULL
 ), divergence AS (
+    -- Offsets in HUGEINT: DuckDB may evaluate them for pairs the range conditions reject.
     SELECT p.event_id AS trig_id, p.map_id, p.p_start,
            a.event_id AS access_id, a.ts_ns AS access_ns, a.gpa AS access_gpa, a.pfn AS cpu_pfn,
            dp.event_id AS iommu_id, dp.ts_ns AS iommu_ns,
-           (dp.paddr + (p.p_iova + (a.gpa - p.p_gpa) - dp.iova)) >> 12 AS device_pfn
+           ((dp.paddr::HUGEINT + p.p_iova + a.gpa - p.p_gpa - dp.iova) >> 12)::UBIGINT AS device_pfn
     FROM located p
     JOIN guest_accesses a
       ON a.pid = p.pid AND a.ts_ns > p.ts_ns AND (p.unmapped_ns IS NULL OR a.ts_ns < p.unmapped_ns)
      AND a.pfn IS NOT NULL AND a.gpa >= p.p_gpa AND a.gpa < p.p_gpa_end
     JOIN device_page dp
       ON dp.pid = p.pid AND dp.ts_ns <= p.ts_ns
-     AND p.p_iova + (a.gpa - p.p_gpa) >= dp.iova AND p.p_iova + (a.gpa - p.p_gpa) < dp.iova_end
-    WHERE a.pfn <> (dp.paddr + (p.p_iova + (a.gpa - p.p_gpa) - dp.iova)) >> 12
+     AND p.p_iova::HUGEINT + a.gpa - p.p_gpa >= dp.iova AND p.p_iova::HUGEINT + a.gpa - p.p_gpa < dp.iova_end
+    WHERE a.pfn::HUGEINT <> (dp.paddr::HUGEINT + p.p_iova + a.gpa - p.p_gpa - dp.iova) >> 12
     QUALIFY row_number() OVER (PARTITION BY p.event_id, p.map_id, p.p_start
                                ORDER BY a.ts_ns, a.event_id, dp.ts_ns DESC) = 1
 )
