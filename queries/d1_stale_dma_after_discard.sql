@@ -72,22 +72,30 @@ WITH discard AS (
     SELECT pid, event_id, ts_ns, iova, iova + size AS iova_end, paddr
     FROM dma
     WHERE api = 'iommu' AND op = 'map' AND paddr IS NOT NULL
+), later_access AS MATERIALIZED (
+    -- Accesses after the discard, page by page over the (few) located pieces: an equi-join on
+    -- (pid, page) rather than a range join over every access of the process.
+    SELECT p.event_id AS trig_id, p.map_id, p.p_start, p.pid, p.ts_ns, p.p_gpa, p.p_iova,
+           a.event_id AS access_id, a.ts_ns AS access_ns, a.gpa AS access_gpa, a.pfn AS cpu_pfn
+    FROM (SELECT *, unnest(range((p_gpa // 4096 * 4096)::BIGINT, p_gpa_end::BIGINT, 4096)) AS page
+          FROM located WHERE p_gpa IS NOT NULL) p
+    JOIN guest_accesses a
+      ON a.pid = p.pid AND (a.gpa // 4096 * 4096)::BIGINT = p.page AND a.pfn IS NOT NULL
+     AND a.gpa >= p.p_gpa AND a.gpa < p.p_gpa_end
+     AND a.ts_ns > p.ts_ns AND (p.unmapped_ns IS NULL OR a.ts_ns < p.unmapped_ns)
 ), divergence AS (
     -- Offsets in HUGEINT: DuckDB may evaluate them for pairs the range conditions reject.
-    SELECT p.event_id AS trig_id, p.map_id, p.p_start,
-           a.event_id AS access_id, a.ts_ns AS access_ns, a.gpa AS access_gpa, a.pfn AS cpu_pfn,
+    SELECT x.trig_id, x.map_id, x.p_start, x.access_id, x.access_ns, x.access_gpa, x.cpu_pfn,
            dp.event_id AS iommu_id, dp.ts_ns AS iommu_ns,
-           ((dp.paddr::HUGEINT + p.p_iova + a.gpa - p.p_gpa - dp.iova) >> 12)::UBIGINT AS device_pfn
-    FROM located p
-    JOIN guest_accesses a
-      ON a.pid = p.pid AND a.ts_ns > p.ts_ns AND (p.unmapped_ns IS NULL OR a.ts_ns < p.unmapped_ns)
-     AND a.pfn IS NOT NULL AND a.gpa >= p.p_gpa AND a.gpa < p.p_gpa_end
+           ((dp.paddr::HUGEINT + x.p_iova + x.access_gpa - x.p_gpa - dp.iova) >> 12)::UBIGINT AS device_pfn
+    FROM later_access x
     JOIN device_page dp
-      ON dp.pid = p.pid AND dp.ts_ns <= p.ts_ns
-     AND p.p_iova::HUGEINT + a.gpa - p.p_gpa >= dp.iova AND p.p_iova::HUGEINT + a.gpa - p.p_gpa < dp.iova_end
-    WHERE a.pfn::HUGEINT <> (dp.paddr::HUGEINT + p.p_iova + a.gpa - p.p_gpa - dp.iova) >> 12
-    QUALIFY row_number() OVER (PARTITION BY p.event_id, p.map_id, p.p_start
-                               ORDER BY a.ts_ns, a.event_id, dp.ts_ns DESC) = 1
+      ON dp.pid = x.pid AND dp.ts_ns <= x.ts_ns
+     AND x.p_iova::HUGEINT + x.access_gpa - x.p_gpa >= dp.iova
+     AND x.p_iova::HUGEINT + x.access_gpa - x.p_gpa < dp.iova_end
+    WHERE x.cpu_pfn::HUGEINT <> (dp.paddr::HUGEINT + x.p_iova + x.access_gpa - x.p_gpa - dp.iova) >> 12
+    QUALIFY row_number() OVER (PARTITION BY x.trig_id, x.map_id, x.p_start
+                               ORDER BY x.access_ns, x.access_id, dp.ts_ns DESC) = 1
 )
 SELECT
     CASE WHEN d.access_id IS NULL THEN p.kind ELSE 'confirmed_divergence' END AS kind,

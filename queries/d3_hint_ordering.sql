@@ -32,17 +32,22 @@ WITH marks AS (
     SELECT p.*, m.event AS last_mark, m.ts_ns AS mark_ns, m.event_id AS mark_id
     FROM hint_pieces p
     ASOF LEFT JOIN marks m ON p.pid = m.pid AND p.ts_ns >= m.ts_ns
+), hint_pages AS (
+    -- Hints and reports cover a few MiB at most: joining writes page by page keeps this an
+    -- equi-join instead of a range join over every access.
+    SELECT r.*, unnest(range((r.gpa_start // 4096 * 4096)::BIGINT, r.gpa_end::BIGINT, 4096)) AS page
+    FROM hint_rounds r
+    WHERE r.last_mark = 'bitmap_sync_end'
 ), written AS (
     SELECT 'written_page_hinted' AS kind, 'critical' AS severity, r.pid, r.comm,
            r.mark_ns AS ts_start_ns, r.ts_ns AS ts_end_ns, r.gpa_start, r.gpa_end, r.hva_start, r.hva_end,
            [r.mark_id, a.event_id, r.event_id] AS event_ids,
            printf('%s (pid %d) processed a free page hint for GPA 0x%x-0x%x %.1f us after the guest wrote GPA 0x%x (event %d) in the same round: the hint clears the dirty bit of a written page and migration drops it.',
                   r.comm, r.pid, r.gpa_start, r.gpa_end, (r.ts_ns - a.ts_ns) / 1000.0, a.gpa, a.event_id) AS message
-    FROM hint_rounds r
+    FROM hint_pages r
     JOIN guest_accesses a
-      ON a.pid = r.pid AND a.write AND a.gpa >= r.gpa_start AND a.gpa < r.gpa_end
-     AND a.ts_ns > r.mark_ns AND a.ts_ns < r.ts_ns
-    WHERE r.last_mark = 'bitmap_sync_end'
+      ON a.pid = r.pid AND (a.gpa // 4096 * 4096)::BIGINT = r.page AND a.write
+     AND a.gpa >= r.gpa_start AND a.gpa < r.gpa_end AND a.ts_ns > r.mark_ns AND a.ts_ns < r.ts_ns
     QUALIFY row_number() OVER (PARTITION BY r.event_id, r.gpa_start ORDER BY a.ts_ns DESC, a.event_id DESC) = 1
 ), during_sync AS (
     SELECT 'hint_during_sync' AS kind, 'high' AS severity, pid, comm, mark_ns, ts_ns,
@@ -73,6 +78,10 @@ WITH marks AS (
     LEFT JOIN guest_discards d
       ON d.pid = r.pid AND d.ts_ns > r.ts_ns AND d.gpa_start < r.gpa_end AND r.gpa_start < d.gpa_end
     QUALIFY row_number() OVER (PARTITION BY r.event_id ORDER BY d.ts_ns, d.event_id) = 1
+), report_pages AS (
+    SELECT r.*, unnest(range((r.gpa_start // 4096 * 4096)::BIGINT, r.gpa_end::BIGINT, 4096)) AS page
+    FROM report_discard r
+    WHERE r.discard_id IS NOT NULL
 ), touched AS (
     SELECT 'access_before_discard' AS kind, 'critical' AS severity, r.pid, r.comm,
            r.ts_ns, r.discard_ns, r.gpa_start, r.gpa_end, NULL::UBIGINT, NULL::UBIGINT,
@@ -80,11 +89,10 @@ WITH marks AS (
            printf('The guest of %s (pid %d) touched GPA 0x%x (%s, event %d) %.1f us after reporting it free and %.1f us before the host discarded it (event %d): the discard destroys live data.',
                   r.comm, r.pid, a.gpa, a.via, a.event_id, (a.ts_ns - r.ts_ns) / 1000.0,
                   (r.discard_ns - a.ts_ns) / 1000.0, r.discard_id)
-    FROM report_discard r
+    FROM report_pages r
     JOIN guest_accesses a
-      ON a.pid = r.pid AND a.gpa >= r.gpa_start AND a.gpa < r.gpa_end
-     AND a.ts_ns > r.ts_ns AND a.ts_ns < r.discard_ns
-    WHERE r.discard_id IS NOT NULL
+      ON a.pid = r.pid AND (a.gpa // 4096 * 4096)::BIGINT = r.page
+     AND a.gpa >= r.gpa_start AND a.gpa < r.gpa_end AND a.ts_ns > r.ts_ns AND a.ts_ns < r.discard_ns
     QUALIFY row_number() OVER (PARTITION BY r.event_id ORDER BY a.ts_ns, a.event_id) = 1
 ), never AS (
     SELECT 'report_never_discarded' AS kind, 'medium' AS severity, pid, any_value(comm),

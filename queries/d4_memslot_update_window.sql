@@ -61,6 +61,19 @@ WITH ok AS (
                        ELSE '; update the slots atomically (QEMU >= 8.0 pauses vCPUs around such commits)' END)
                AS message
     FROM windows
+), open_windows AS (
+    -- How many re-covered pieces are waiting for their re-create at each instant, so that only
+    -- accesses made while some window was open meet the range join below.
+    SELECT pid, ts_ns, sum(sum(delta)) OVER (PARTITION BY pid ORDER BY ts_ns ROWS UNBOUNDED PRECEDING) AS open
+    FROM (SELECT d.pid, d.ts_ns, 1 AS delta FROM deletes d JOIN recover r ON r.del_id = d.event_id
+          UNION ALL
+          SELECT d.pid, r.valid_from, -1 FROM deletes d JOIN recover r ON r.del_id = d.event_id)
+    GROUP BY pid, ts_ns
+), in_window AS (
+    SELECT a.*
+    FROM guest_accesses a
+    ASOF JOIN open_windows o ON a.pid = o.pid AND a.ts_ns >= o.ts_ns
+    WHERE o.open > 0 AND a.gpa IS NOT NULL
 ), access_findings AS (
     SELECT 'access_in_window' AS kind, 'critical' AS severity, d.pid, d.comm,
            d.ts_ns AS ts_start_ns, a.ts_ns AS ts_end_ns, r.g0 AS gpa_start, r.g1 AS gpa_end,
@@ -70,8 +83,8 @@ WITH ok AS (
                   d.slot, (r.valid_from - a.ts_ns) / 1000.0, r.cre_slot) AS message
     FROM deletes d
     JOIN recover r ON r.del_id = d.event_id
-    JOIN guest_accesses a
-      ON a.pid = d.pid AND a.gpa IS NOT NULL AND a.gpa >= r.g0 AND a.gpa < r.g1
+    JOIN in_window a
+      ON a.pid = d.pid AND a.gpa >= r.g0 AND a.gpa < r.g1
      AND a.ts_ns > d.ts_ns AND a.ts_ns < r.valid_from
     QUALIFY row_number() OVER (PARTITION BY d.event_id, r.cre_id ORDER BY a.ts_ns, a.event_id) = 1
 ), logged AS (
