@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= build/demo
+REAL   := tests/fixtures/real/kvm-boot
 
-.PHONY: setup setup-host demo test bench clean
+.PHONY: setup setup-host demo test bench record-real clean
 
 setup: $(VENV)/.installed
 
@@ -19,11 +20,23 @@ $(VENV)/.installed: pyproject.toml
 setup-host: setup
 	bash collectors/setup-host.sh $(VENV)
 
+# A hand-written VFIO + balloon trace (no VFIO device exists on these machines), then the bundled
+# real run of QEMU 7.2 under KVM booting SeaBIOS and migrating.
 demo: setup
-	rm -rf $(DEMO)
+	rm -rf $(DEMO) $(DEMO)-real
 	$(BIN)/vmemtrace import jsonl tests/fixtures/demo/vfio-balloon.jsonl --run $(DEMO)
 	$(BIN)/vmemtrace detect $(DEMO) --fail-on none
 	$(BIN)/vmemtrace report $(DEMO)
+	cp -r $(REAL)/run $(DEMO)-real
+	$(BIN)/vmemtrace detect $(DEMO)-real --fail-on none
+	$(BIN)/vmemtrace report $(DEMO)-real
+
+# Re-record the bundled real run (root, bcc, QEMU): eBPF collectors plus QEMU's own trace log.
+record-real: setup-host
+	rm -rf $(REAL) && mkdir -p $(REAL)
+	$(BIN)/vmemtrace collect --run $(REAL)/run -- $(BIN)/python -m tests.qemu_vm migrate $(REAL)/qemu
+	$(BIN)/vmemtrace import qemu-log $(REAL)/qemu/qemu-trace.log --run $(REAL)/run
+	rm -f $(REAL)/qemu/qmp.sock
 
 test: setup-host
 	$(BIN)/python -m pytest

@@ -89,3 +89,26 @@ class QemuVM:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tests.qemu_vm migrate WORKDIR`: start QEMU under KVM (firmware only), let it run,
+    migrate it to `exec:cat > /dev/null`, quit. The workload behind the bundled real run."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tests.qemu_vm")
+    ap.add_argument("action", choices=["migrate"])
+    ap.add_argument("workdir", type=Path)
+    args = ap.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    with QemuVM(args.workdir) as vm:
+        time.sleep(1.0)
+        status = vm.migrate_to_null()["status"]
+    print(f"migration {status}; QEMU trace log: {vm.log}")
+    return 0 if status == "completed" else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -75,7 +75,11 @@ def test_qemu_log_aligns_on_the_same_ioctls(traced_qemu, tmp_path):
     a = res["alignment"]
     assert a.method == "memslots" and a.matched >= 10
     assert 0 <= a.residual_ns < 5_000_000  # QEMU logs microseconds after the ioctl returns
-    assert open_run(run).manifest["sessions"][-1]["clock"]["alignment"] == "memslots"
+    session = open_run(run).manifest["sessions"][-1]
+    assert session["clock"]["alignment"] == "memslots"
+    # The matched lines are the same ioctls: the run keeps one copy of each.
+    assert session["memslots_already_in_run"] == a.matched == res["rows"]["memslots"]
+    assert "memslots" not in session["rows"]
 
 
 def test_uprobes_see_migration_and_dirty_logging(traced_qemu):

@@ -8,7 +8,8 @@ clock (gettimeofday), with microsecond resolution. The process id is taken from 
 as the smallest thread id in the file (QEMU's main thread is its first). Wall-clock times are
 turned into CLOCK_MONOTONIC by one offset: given (--clock-offset), or aligned on the memslot
 updates the run already holds from a kernel-side source (the same ioctls), or this host's
-current offset when the log comes from this boot. The manifest records which, and the residual.
+current offset when the log comes from this boot. The manifest records which, and the residual;
+log lines matched to memslot ioctls already in the run are not imported a second time.
 
 Events imported (others are counted as unknown, not errors):
     kvm_set_user_memory       memslots (all three generations of its format)
@@ -161,6 +162,7 @@ class Alignment:
     offset_ns: int           # monotonic = realtime - offset_ns
     residual_ns: int | None  # largest disagreement among aligned events
     matched: int = 0
+    matched_rows: list[int] = field(default_factory=list)  # log memslot rows already in the run
 
 
 def align_on_memslots(run_dir: Path, memslots: pa.Table) -> Alignment | None:
@@ -176,18 +178,19 @@ def align_on_memslots(run_dir: Path, memslots: pa.Table) -> Alignment | None:
         return None
     con = duckdb.connect()
     con.register("k", kernel)
-    con.register("q", memslots)
+    con.register("q", memslots.append_column("_row", pa.array(range(memslots.num_rows), pa.int64())))
     row = con.execute("""
         WITH kk AS (SELECT coalesce(end_ns, ts_ns) AS t, row_number() OVER (PARTITION BY as_id, slot, flags, gpa,
                            size, hva, ret ORDER BY ts_ns) AS n, as_id, slot, flags, gpa, size, hva, ret FROM k),
              qq AS (SELECT ts_ns AS t, row_number() OVER (PARTITION BY as_id, slot, flags, gpa,
-                           size, hva, ret ORDER BY ts_ns) AS n, as_id, slot, flags, gpa, size, hva, ret FROM q),
-             d AS (SELECT qq.t - kk.t AS off FROM qq JOIN kk USING (as_id, slot, flags, gpa, size, hva, ret, n))
-        SELECT count(*), median(off)::BIGINT, max(abs(off - (SELECT median(off) FROM d)))::BIGINT FROM d
+                           size, hva, ret ORDER BY ts_ns) AS n, as_id, slot, flags, gpa, size, hva, ret, _row FROM q),
+             d AS (SELECT qq.t - kk.t AS off, _row FROM qq JOIN kk USING (as_id, slot, flags, gpa, size, hva, ret, n))
+        SELECT count(*), median(off)::BIGINT, max(abs(off - (SELECT median(off) FROM d)))::BIGINT, list(_row)
+        FROM d
     """).fetchone()
     if not row[0]:
         return None
-    return Alignment("memslots", int(row[1]), int(row[2]), int(row[0]))
+    return Alignment("memslots", int(row[1]), int(row[2]), int(row[0]), list(row[3]))
 
 
 def host_alignment() -> Alignment:
@@ -208,6 +211,11 @@ def import_qemu_log(paths: list[Path], run_dir: Path, *, pid: int | None = None,
             "clock": {"source": "wall clock (gettimeofday), microseconds", "alignment": align.method,
                       "offset_ns": align.offset_ns, "residual_ns": align.residual_ns,
                       "matched_events": align.matched}}
+    if align.matched_rows:
+        # Those log lines are the very ioctls the kernel-side source recorded: keep one copy.
+        keep = pc.invert(pc.is_in(pa.array(range(tables["memslots"].num_rows)), pa.array(align.matched_rows)))
+        tables["memslots"] = tables["memslots"].filter(keep)
+        info["memslots_already_in_run"] = len(align.matched_rows)
     with RunWriter(run_dir, source="qemu-log", kind="importer", info=info) as w:
         for family, table in tables.items():
             n = table.num_rows

@@ -1,0 +1,34 @@
+"""The bundled real run (make record-real: QEMU 7.2 under KVM booting SeaBIOS and migrating,
+traced by the eBPF collectors with QEMU's own log imported beside them). Needs no root."""
+
+import shutil
+
+import pyarrow.compute as pc
+
+from pipeline.runstore import open_run
+from queries.runner import run_detectors
+from tests.conftest import FIXTURES
+
+REAL = FIXTURES / "real" / "kvm-boot" / "run"
+
+
+def test_bundled_real_run(tmp_path):
+    shutil.copytree(REAL, tmp_path / "run")
+    run = open_run(tmp_path / "run")
+    assert run.state == "clean"
+    sources = [s["source"] for s in run.manifest["sessions"]]
+    assert sources == ["bpf", "qemu-log"]
+    memslots = run.read_family("memslots")
+    assert memslots.num_rows == run.manifest["sessions"][1]["memslots_already_in_run"] > 10  # one copy
+    assert pc.all(pc.equal(memslots["source"], "bpf:kvm")).as_py()
+
+    result = run_detectors(run)
+    status = {s.id: s for s in result.statuses}
+    assert status["D1"].status == status["D5"].status == "not run"  # no VFIO device on this host
+    found = result.findings.to_pylist()
+    assert {f["detector"] for f in found} == {"D4", "I"}
+    d4 = [f for f in found if f["detector"] == "D4"]
+    assert any(f["severity"] == "medium" for f in d4)
+    assert any(f["severity"] == "info" and "before first vCPU run" in f["message"] for f in d4)
+    trust = {f["kind"] for f in found if f["detector"] == "I"}
+    assert "clock_alignment" in trust
