@@ -95,6 +95,8 @@ class Collection:
             "attached": program.attached, "missing": program.missing,
             "filter": {"pids": self.pids, "comm": self.comm, "command": command, "families": self.families},
             "ring_pages": self.ring_pages, "clock": "CLOCK_MONOTONIC (bpf_ktime_get_ns)",
+            **({"qemu_version": _qemu_version(self.qemu_binary)}
+               if any(c.name == "qemu" for c in program.collectors) else {}),
         })
         cpu_at_start = _cpu_seconds()  # after the compile: the figure is the cost of collecting
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -176,6 +178,16 @@ class Collection:
                 writer.count_lost(families, delta, "BPF ring buffer or in-flight table full")
                 self._lost_seen[ring_name] = total
                 self.stats.lost[families] = self.stats.lost.get(families, 0) + delta
+
+
+def _qemu_version(binary: str | None) -> str | None:
+    from collectors.qemu import DEFAULT_BINARY
+
+    try:
+        out = subprocess.run([binary or DEFAULT_BINARY, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.splitlines()[0].strip() if out.stdout else None
 
 
 def _cpu_seconds() -> float:

@@ -288,28 +288,49 @@ def _print_summary(r, result, findings) -> None:
 
 @app.command()
 def report(
-    run: RunArg,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the report "
-                                                    "[default: RUN/report].", show_default=False)] = None,
+    runs: Annotated[list[Path], typer.Argument(help="Run directories; with several, the later ones are "
+                                               "compared with the first.", show_default=False)],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the report [default: "
+                                                    "RUN/report; with several runs, RUN/report for each and "
+                                                    "the comparison in the first run's].",
+                                                    show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="html (the page and CSV files) or json (the same "
+                                     "data on stdout).")] = "html",
 ) -> None:
-    """Write a self-contained HTML report and CSV of the findings; print the page's path.
+    """Write a self-contained HTML report (summary, findings, timelines) and CSV; print the page's path.
 
-    Uses the findings of the last `vmemtrace detect`; runs the detectors first if there are none.
+    Uses the findings of the last `vmemtrace detect`, running the detectors first if there are
+    none. With several runs, also writes compare.html: which findings are new, gone, still there.
     """
     from queries.runner import FINDINGS_DIR, DetectorError, run_detectors, save_findings
-    from reports.html import write_report
+    from reports.html import report_json, write_comparison, write_report
 
-    r = _open(run)
-    folder = r.path / FINDINGS_DIR
-    if not (folder / "findings.parquet").exists():
-        try:
-            save_findings(r, run_detectors(r, _detectors()))
-        except DetectorError as e:
-            fail(str(e))
-    findings = pq.read_table(folder / "findings.parquet")
-    statuses = json.loads((folder / "detectors.json").read_text())
-    page = write_report(r, findings, statuses, out_dir or r.path / "report")
-    print(page)
+    if fmt not in ("html", "json"):
+        fail(f"--format must be html or json, got {fmt!r}")
+    if fmt == "json" and len(runs) > 1:
+        fail("--format json takes one run")
+    done = []
+    for path in runs:
+        r = _open(path)
+        folder = r.path / FINDINGS_DIR
+        if not (folder / "findings.parquet").exists():
+            try:
+                save_findings(r, run_detectors(r, _detectors()))
+            except DetectorError as e:
+                fail(str(e))
+        findings = pq.read_table(folder / "findings.parquet")
+        statuses = json.loads((folder / "detectors.json").read_text())
+        if fmt == "json":
+            print(report_json(r, findings, statuses))
+            return
+        target = out_dir / r.path.name if out_dir and len(runs) > 1 else out_dir or r.path / "report"
+        done.append((r, findings, write_report(r, findings, statuses, target)))
+    if len(done) == 1:
+        print(done[0][2])
+        return
+    for _, _, page in done:
+        print(page)
+    print(write_comparison(done, out_dir or done[0][2].parent))
 
 
 if __name__ == "__main__":
