@@ -53,6 +53,17 @@ static __always_inline struct discard_rec *discard_exit(long ret)
     return r;
 }
 
+/* Emit this thread's in-flight record with the call's return value. */
+static __always_inline void discard_finish(long ret)
+{
+    struct discard_rec *r = discard_exit(ret);
+    if (!r)
+        return;
+    discards_emit(r);
+    u32 tid = r->tid;
+    discards_inflight.delete(&tid);
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_madvise)
 {
     int b = args->behavior;
@@ -63,12 +74,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_madvise)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_madvise)
 {
-    struct discard_rec *r = discard_exit(args->ret);
-    if (r) {
-        discards_emit(r);
-        u32 tid = r->tid;
-        discards_inflight.delete(&tid);
-    }
+    discard_finish(args->ret);
     return 0;
 }
 
@@ -81,12 +87,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_fallocate)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_fallocate)
 {
-    struct discard_rec *r = discard_exit(args->ret);
-    if (r) {
-        discards_emit(r);
-        u32 tid = r->tid;
-        discards_inflight.delete(&tid);
-    }
+    discard_finish(args->ret);
     return 0;
 }
 
