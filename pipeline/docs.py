@@ -58,7 +58,7 @@ def render(text: str) -> str:
         pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- end:{name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md lacks the <!-- generated:{name} --> ... <!-- end:{name} --> markers")
-        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 

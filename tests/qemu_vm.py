@@ -36,7 +36,7 @@ class QemuVM:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"QEMU did not start: {self.proc.stderr.read().decode()}")
+                    raise RuntimeError(f"QEMU did not start: {self.proc.stderr.read().decode()}") from None
                 time.sleep(0.05)
         self._read()  # greeting
         self.qmp("qmp_capabilities")
