@@ -4,8 +4,6 @@
  * FUNCTIONS[N] and qemu_return to every return. */
 #include "qemu.h"
 
-#define QEMU_MAX_FUNCTIONS 12
-
 BPF_RINGBUF_OUTPUT(qemu_ring, VMT_RING_PAGES);
 BPF_HASH(qemu_inflight, u32, struct qemu_rec, 10240);
 
@@ -47,3 +45,4 @@ int qemu_return(struct pt_regs *ctx)
 #define QEMU_ENTER(n) int qemu_enter_##n(struct pt_regs *ctx) { return qemu_enter(ctx, n); }
 QEMU_ENTER(0) QEMU_ENTER(1) QEMU_ENTER(2) QEMU_ENTER(3) QEMU_ENTER(4) QEMU_ENTER(5)
 QEMU_ENTER(6) QEMU_ENTER(7) QEMU_ENTER(8) QEMU_ENTER(9) QEMU_ENTER(10) QEMU_ENTER(11)
+QEMU_ENTER(12) QEMU_ENTER(13) QEMU_ENTER(14) QEMU_ENTER(15)

@@ -23,6 +23,8 @@ FUNCTIONS = (
     ("ram_block_discard_require", "discard_require", "bool"),
     ("ram_block_coordinated_discard_require", "coordinated_discard_require", "bool"),
     ("qemu_balloon_inhibit", "balloon_inhibit", "bool_void"),
+    ("ram_block_discard_is_disabled", "discard_is_disabled", "query"),    # QEMU's own answer, bool
+    ("qemu_balloon_is_inhibited", "balloon_is_inhibited", "query"),
     ("ram_block_discard_range", "ram_block_discard_range", "rb_range"),   # (RAMBlock *, start, length)
     ("qemu_guest_free_page_hint", "free_page_hint", "hva_len"),           # (void *addr, size_t len)
     ("precopy_notify", "precopy_notify", "reason"),                       # (PrecopyNotifyReason, Error **)
@@ -44,7 +46,7 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
     fn = rec["fn"]
     a0, a1, a2 = rec["arg0"], rec["arg1"], rec["arg2"]
     is_bool = _kind_mask(fn, "bool", "bool_void")
-    has_ret = _kind_mask(fn, "bool", "rb_range", "reason")
+    has_ret = _kind_mask(fn, "bool", "rb_range", "reason", "query")
     rb = _kind_mask(fn, "rb_range")
     hint = _kind_mask(fn, "hva_len")
     reason = _kind_mask(fn, "reason")
@@ -66,8 +68,9 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
         rb_offset=nullable(a1, ~rb),
         count=nullable(a0.astype(np.int64), ~flags),
         detail=nullable(detail.astype(object), ~(rb | reason)),
-        # bool-returning QEMU functions return int; the low 32 bits carry it.
-        ret=nullable(rec["ret"].astype(np.int64).astype(np.int32).astype(np.int64), ~has_ret),
+        # int-returning QEMU functions use the low 32 bits of rax, bool ones the low 8.
+        ret=nullable(np.where(_kind_mask(fn, "query"), rec["ret"].astype(np.int64) & 0xFF,
+                              rec["ret"].astype(np.int64).astype(np.int32).astype(np.int64)), ~has_ret),
     )
     return {"qemu": pa.table(cols)}
 

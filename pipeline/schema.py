@@ -181,12 +181,14 @@ FAMILIES: tuple[Family, ...] = (
            (
                _field("event", pa.string(), "What QEMU did.", nullable=False,
                       enum=("discard_disable", "uncoordinated_discard_disable", "discard_require",
-                            "coordinated_discard_require", "balloon_inhibit", "ram_block_discard_range",
+                            "coordinated_discard_require", "balloon_inhibit", "discard_is_disabled",
+                            "balloon_is_inhibited", "ram_block_discard_range",
                             "free_page_hint", "free_page_hint_start", "free_page_hint_stop",
                             "free_page_report", "balloon_inflate", "balloon_deflate", "balloon_target",
                             "bitmap_sync_start", "bitmap_sync_end", "precopy_notify",
                             "dirty_log_start", "dirty_log_stop", "dirty_log_sync")),
                _field("state", pa.bool_(), "The bool argument (true = disable/require/inhibit)."),
+               # ret of discard_is_disabled / balloon_is_inhibited is QEMU's own answer: 1 = inhibited.
                _field("hva", pa.uint64(), "Host-virtual address the call names."),
                _field("gpa", pa.uint64(), "Guest-physical address the call names."),
                _field("size", pa.uint64(), "Bytes the call names."),

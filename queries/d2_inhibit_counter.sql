@@ -12,7 +12,10 @@
 --   view) while the count
 --   or the attached groups are > 0, one finding per stretch of unchanged state (the first 50 event
 --   ids, the total in the message); D1 findings on the same discards are linked. `medium`
---   inhibit_leak: count still > 0 100 ms after the last group detached. When a process has no
+--   inhibit_leak: count still > 0 100 ms after the last group detached. `medium` boolean_use: QEMU
+--   itself (ram_block_discard_is_disabled / qemu_balloon_is_inhibited return) answers "not
+--   inhibited" while the traced calls leave inhibits outstanding: a second inhibit did not raise
+--   its counter. When a process has no
 --   inhibit events, the count is derived from its attached groups and the finding says so.
 WITH inhibit AS (
     SELECT pid, ts_ns, event_id, comm,
@@ -81,6 +84,20 @@ WITH inhibit AS (
     FROM timeline
     WHERE d_groups = -1 AND attached = 0 AND count > 0 AND NOT is_derived
       AND (next_ns IS NULL OR next_ns - ts_ns > 100000000)
+), boolean_use AS (
+    -- QEMU's own answer (ram_block_discard_is_disabled / qemu_balloon_is_inhibited) against the
+    -- inhibits its callers left outstanding.
+    SELECT 'boolean_use' AS kind, 'medium' AS severity, q.pid, any_value(q.comm) AS comm,
+           any_value(t.ts_ns) AS ts_start_ns, max(q.ts_ns) AS ts_end_ns,
+           NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT,
+           list_sort([t.event_id] || list(q.event_id ORDER BY q.ts_ns, q.event_id)[1:50]) AS event_ids,
+           printf('%s() of %s (pid %d) answered "not inhibited" %d time(s) while %d discard inhibit(s) were still outstanding: the inhibitor acts as a boolean, so one release undid several inhibits and ballooning runs beside attached devices.',
+                  any_value(q.event), any_value(q.comm), q.pid, count(*), any_value(t.count)) AS message
+    FROM qemu q
+    ASOF JOIN timeline t ON q.pid = t.pid AND q.ts_ns >= t.ts_ns
+    WHERE q.event IN ('discard_is_disabled', 'balloon_is_inhibited') AND q.ret = 0
+      AND t.count > 0 AND NOT t.is_derived
+    GROUP BY q.pid, t.event_id
 ), while_inhibited AS (
     SELECT g.*, t.event_id AS state_id, t.count, t.attached, t.is_derived
     FROM guest_discards g
@@ -103,7 +120,8 @@ WITH inhibit AS (
 SELECT kind, severity, pid, comm, ts_start_ns, ts_end_ns,
        NULL::UBIGINT AS gpa_start, NULL::UBIGINT AS gpa_end, NULL::UBIGINT AS hva_start, NULL::UBIGINT AS hva_end,
        NULL::UBIGINT AS iova_start, NULL::UBIGINT AS iova_end, event_ids, message
-FROM (SELECT * FROM underflow UNION ALL SELECT * FROM missing UNION ALL SELECT * FROM leak)
+FROM (SELECT * FROM underflow UNION ALL SELECT * FROM missing UNION ALL SELECT * FROM leak
+      UNION ALL SELECT * FROM boolean_use)
 UNION ALL
 SELECT kind, severity, pid, comm, ts_start_ns, ts_end_ns, gpa_start, gpa_end, hva_start, hva_end,
        NULL::UBIGINT, NULL::UBIGINT, event_ids, message

@@ -87,6 +87,7 @@ def test_uprobes_see_migration_and_dirty_logging(traced_qemu):
     attached = run.manifest["sessions"][0]["attached"]
     assert f"uprobe:{QEMU}:qemu_guest_free_page_hint" in attached
     assert f"uprobe:{QEMU}:ram_block_discard_disable" in attached
+    assert f"uprobe:{QEMU}:ram_block_discard_is_disabled" in attached
     q = run.read_family("qemu")
     q = q.filter(pc.equal(q["pid"], traced_qemu["pid"])).sort_by("ts_ns").to_pylist()
     events = [r["event"] for r in q]

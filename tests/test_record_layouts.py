@@ -38,3 +38,12 @@ def test_c_struct_matches_numpy_dtype(tmp_path, collector, ring):
     for f in fields:
         offset, size = map(int, out[f].split())
         assert (offset, size) == (ring.dtype.fields[f][1], ring.dtype.fields[f][0].itemsize), f
+
+
+def test_every_qemu_function_has_its_uprobe_handler():
+    import re
+
+    from collectors.qemu import FUNCTIONS
+
+    handlers = {int(n) for n in re.findall(r"QEMU_ENTER\((\d+)\)", (HERE / "qemu.bpf.c").read_text())}
+    assert set(range(len(FUNCTIONS))) <= handlers
