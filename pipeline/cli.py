@@ -115,6 +115,39 @@ def import_qemu_log_cmd(
               f"{res['bad']}; clock: {a.method}{residual}", markup=False, highlight=False)
 
 
+@import_app.command("ftrace")
+def import_ftrace_cmd(
+    files: Annotated[list[Path], typer.Argument(help="tracefs trace / trace_pipe text or trace-cmd report "
+                                                "output; gzip accepted.", show_default=False)],
+    run: Annotated[Path, typer.Option("--run", help="Run directory to create or append to.",
+                                      show_default=False)],
+    trace_clock: Annotated[str, typer.Option(help="The trace_clock the trace was recorded with; mono "
+                                             "gives CLOCK_MONOTONIC times as they are.")] = "mono",
+    clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the trace's "
+                                                        "times to get CLOCK_MONOTONIC.",
+                                                        show_default=False)] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Import the lines that parse; count the "
+                                           "others as lost events.")] = False,
+) -> None:
+    """Import ftrace text: discards, MMU notifier, KVM faults/MMIO/exits/SPTEs, iommu map/unmap.
+
+    Record with options/record-tgid so that process ids are known (otherwise thread ids stand in).
+    A malformed line stops the import with its file and line number unless --skip-bad.
+    """
+    from pipeline.importers.ftrace import import_ftrace
+    from pipeline.importers.jsonl import TraceFormatError
+
+    try:
+        res = import_ftrace(files, run, trace_clock=trace_clock, clock_offset_ns=clock_offset, skip_bad=skip_bad)
+    except (TraceFormatError, RunError) as e:
+        fail(str(e))
+    rows = ", ".join(f"{k} {v}" for k, v in sorted(res["rows"].items())) or "none"
+    out.print(f"imported into {run}: {rows}; unknown events {sum(res['unknown'].values())}; bad lines "
+              f"{res['bad']}; clock: {res['alignment']}"
+              + ("" if res["tgid"] else "; no TGID column: process ids are thread ids"),
+              markup=False, highlight=False)
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 def collect(
     command: Annotated[Optional[list[str]], typer.Argument(

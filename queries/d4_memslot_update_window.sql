@@ -118,7 +118,9 @@ WITH ok AS (
         WHERE h.pid = l.pid AND h.fd IS NOT DISTINCT FROM l.vm_fd AND coalesce(h.ret, 0) = 0
           AND h.ts_ns > w.write_ns AND h.ts_ns < l.end_ns
           AND (h.op = 'kvm_reset_dirty_rings'
-               OR (h.op IN ('kvm_get_dirty_log', 'kvm_clear_dirty_log') AND h.slot = l.slot AND h.as_id = l.as_id)))
+               -- slot NULL: the source did not see the ioctl's struct (ftrace); assume it was this slot
+               OR (h.op IN ('kvm_get_dirty_log', 'kvm_clear_dirty_log')
+                   AND (h.slot IS NULL OR (h.slot = l.slot AND h.as_id = l.as_id)))))
 )
 SELECT kind, severity, pid, comm, ts_start_ns, ts_end_ns, gpa_start, gpa_end,
        NULL::UBIGINT AS hva_start, NULL::UBIGINT AS hva_end, NULL::UBIGINT AS iova_start, NULL::UBIGINT AS iova_end,

@@ -7,7 +7,8 @@
 --   unclean_stop (a session whose writer died: events after its last chunk are missing),
 --   missing_probes (tracepoints or uprobes a collector wanted but this kernel or QEMU binary
 --   lacks), clock_alignment (a QEMU log placed on the monotonic clock by memslot alignment, with
---   its residual, or by this host's current offset, which is right only for a log of this boot).
+--   its residual, or by this host's current offset, which is right only for a log of this boot;
+--   an ftrace import whose trace clock is not CLOCK_MONOTONIC and got no offset).
 --   Detectors that could not run at all are listed as "not run" beside the findings.
 WITH lost AS (
     SELECT 'lost_events' AS kind, family, sum(count) AS n, min(ts_ns) AS t0, max(ts_ns) AS t1,
@@ -39,6 +40,8 @@ SELECT 'clock_alignment', 'info', NULL, NULL, start_ns, end_ns, NULL, NULL, NULL
                                        session, source, clock_matched, clock_residual_ns / 1000.0)
            WHEN 'host' THEN printf('Session %d (%s) was put on the monotonic clock with this host''s current wall-clock offset: right only if the log was written during this boot.',
                                    session, source)
+           WHEN 'unaligned' THEN printf('Session %d (%s) keeps its trace clock''s times, not CLOCK_MONOTONIC: do not compare them with other sources (record with trace_clock mono, or give --clock-offset).',
+                                        session, source)
            ELSE printf('Session %d (%s) was put on the monotonic clock with an offset given by hand.', session, source)
        END
-FROM sessions WHERE clock_alignment IS NOT NULL
+FROM sessions WHERE clock_alignment IS NOT NULL AND clock_alignment <> 'native'

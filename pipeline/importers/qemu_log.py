@@ -22,17 +22,17 @@ Events imported (others are counted as unknown, not errors):
 from __future__ import annotations
 
 import calendar
-import gzip
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.importers import open_text
 from pipeline.importers.columns import FamilyColumns
 from pipeline.importers.jsonl import TraceFormatError
 from pipeline.runstore import RunWriter, monotonic_ns, open_run
@@ -99,19 +99,11 @@ class ParsedLog:
     bad: list[str] = field(default_factory=list)   # "FILE:LINE: why", with --skip-bad
 
 
-def _open_text(path: Path) -> TextIO:
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
-
-
 def parse(paths: Iterable[Path], *, skip_bad: bool = False) -> ParsedLog:
     out = ParsedLog()
     for path in paths:
         try:
-            fh = _open_text(path)
+            fh = open_text(path)
         except OSError as e:
             raise TraceFormatError(str(path), 0, e.strerror or str(e)) from None
         with fh:
