@@ -14,10 +14,10 @@ QEMU = "/usr/bin/qemu-system-x86_64"
 
 class QemuVM:
     def __init__(self, workdir: Path, *, memory_mb: int = 128, traces=("kvm_set_user_memory",),
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), accel: str = "kvm"):
         self.qmp_path = workdir / "qmp.sock"
         self.log = workdir / "qemu-trace.log"
-        args = [QEMU, "-accel", "kvm", "-m", str(memory_mb), "-display", "none", "-nodefaults",
+        args = [QEMU, "-accel", accel, "-m", str(memory_mb), "-display", "none", "-nodefaults",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off", "-msg", "timestamp=on", "-D", str(self.log)]
         for t in traces:
             args += ["-trace", t]
