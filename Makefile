@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= build/demo
-REAL   := tests/fixtures/real/kvm-boot
+REAL   := tests/fixtures/real
+QEMU   := /usr/bin/qemu-system-x86_64
 
 .PHONY: setup setup-host demo test bench record-real clean
 
@@ -20,29 +21,35 @@ $(VENV)/.installed: pyproject.toml
 setup-host: setup
 	bash collectors/setup-host.sh $(VENV)
 
-# A hand-written VFIO + balloon trace (no VFIO device exists on these machines), then the bundled
-# real run of QEMU 7.2 under KVM booting SeaBIOS and migrating.
+# A hand-written VFIO + balloon trace (no VFIO device exists on these machines), then real runs of
+# QEMU 7.2: recorded fresh when this host can trace (root, bcc set up, QEMU), else the bundled ones.
 demo: setup
-	rm -rf $(DEMO) $(DEMO)-real
+	rm -rf $(DEMO) $(DEMO)-kvm-boot $(DEMO)-balloon $(DEMO)-qemu
 	$(BIN)/vmemtrace import jsonl tests/fixtures/demo/vfio-balloon.jsonl --run $(DEMO)
 	$(BIN)/vmemtrace detect $(DEMO) --fail-on none
 	$(BIN)/vmemtrace report $(DEMO)
-	cp -r $(REAL)/run $(DEMO)-real
-	$(BIN)/vmemtrace detect $(DEMO)-real --fail-on none
-	$(BIN)/vmemtrace report $(DEMO)-real
+	if [ "$$(id -u)" = 0 ] && [ -x $(QEMU) ] && $(BIN)/python -c 'import bcc' 2>/dev/null; then \
+	  echo "demo: this host can trace: recording fresh runs of QEMU" && \
+	  $(BIN)/vmemtrace collect --run $(DEMO)-kvm-boot -- $(BIN)/python -m tests.qemu_vm migrate $(DEMO)-qemu/kvm-boot && \
+	  $(BIN)/vmemtrace import qemu-log $(DEMO)-qemu/kvm-boot/qemu-trace.log --run $(DEMO)-kvm-boot && \
+	  $(BIN)/vmemtrace collect --run $(DEMO)-balloon -- $(BIN)/python -m tests.scenarios balloon $(DEMO)-qemu/balloon && \
+	  $(BIN)/vmemtrace import qemu-log $(DEMO)-qemu/balloon/qemu-trace.log --run $(DEMO)-balloon; \
+	else \
+	  echo "demo: this host cannot trace (needs root, make setup-host, QEMU): using the bundled real runs" && \
+	  cp -r $(REAL)/kvm-boot/run $(DEMO)-kvm-boot && cp -r $(REAL)/balloon/run $(DEMO)-balloon; \
+	fi
+	for r in $(DEMO)-kvm-boot $(DEMO)-balloon; do \
+	  $(BIN)/vmemtrace detect $$r --fail-on none && $(BIN)/vmemtrace report $$r || exit 1; done
 
-# Re-record the bundled real run (root, bcc, QEMU): eBPF collectors plus QEMU's own trace log.
+# Re-record the bundled real runs (root, bcc, QEMU): eBPF collectors plus QEMU's own trace log.
 record-real: setup-host
 	rm -rf $(REAL) && mkdir -p $(REAL)
-	$(BIN)/vmemtrace collect --run $(REAL)/run -- $(BIN)/python -m tests.qemu_vm migrate $(REAL)/qemu
-	$(BIN)/vmemtrace import qemu-log $(REAL)/qemu/qemu-trace.log --run $(REAL)/run
-	rm -f $(REAL)/qemu/qmp.sock
-
-test: setup-host
-	$(BIN)/python -m pytest
-
-bench: setup-host
-	$(BIN)/python benchmarks/collector_throughput.py
+	$(BIN)/vmemtrace collect --run $(REAL)/kvm-boot/run -- $(BIN)/python -m tests.qemu_vm migrate $(REAL)/kvm-boot/qemu
+	for s in balloon reporting hint; do \
+	  $(BIN)/vmemtrace collect --run $(REAL)/$$s/run -- $(BIN)/python -m tests.scenarios $$s $(REAL)/$$s/qemu || exit 1; done
+	for s in kvm-boot balloon reporting hint; do \
+	  $(BIN)/vmemtrace import qemu-log $(REAL)/$$s/qemu/qemu-trace.log --run $(REAL)/$$s/run || exit 1; \
+	  gzip -9 $(REAL)/$$s/qemu/qemu-trace.log; rm -f $(REAL)/$$s/qemu/qmp.sock; done
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

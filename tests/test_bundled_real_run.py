@@ -1,18 +1,22 @@
-"""The bundled real run (make record-real: QEMU 7.2 under KVM booting SeaBIOS and migrating,
-traced by the eBPF collectors with QEMU's own log imported beside them). Needs no root."""
+"""The bundled real runs (make record-real): QEMU 7.2 under KVM booting SeaBIOS and migrating, and
+the balloon / reporting / hint scenarios of a Debian guest under TCG, each traced by the eBPF
+collectors with QEMU's own log imported beside them. Needs no root."""
 
 import shutil
 
+import duckdb
 import pyarrow.compute as pc
+import pytest
 
 from pipeline.runstore import open_run
 from queries.runner import run_detectors
 from tests.conftest import FIXTURES
+from tests.test_scenarios_real import discards_agree
 
 REAL = FIXTURES / "real" / "kvm-boot" / "run"
 
 
-def test_bundled_real_run(tmp_path):
+def test_bundled_kvm_boot(tmp_path):
     shutil.copytree(REAL, tmp_path / "run")
     run = open_run(tmp_path / "run")
     assert run.state == "clean"
@@ -32,3 +36,23 @@ def test_bundled_real_run(tmp_path):
     assert any(f["severity"] == "info" and "before first vCPU run" in f["message"] for f in d4)
     trust = {f["kind"] for f in found if f["detector"] == "I"}
     assert "clock_alignment" in trust
+
+
+@pytest.mark.parametrize("name", ["balloon", "reporting", "hint"])
+def test_bundled_scenarios(name, tmp_path):
+    shutil.copytree(FIXTURES / "real" / name / "run", tmp_path / "run")
+    run = open_run(tmp_path / "run")
+    assert run.state == "clean" and [s["source"] for s in run.manifest["sessions"]] == ["bpf", "qemu-log"]
+    qemu = run.read_family("qemu")
+    pid = run.manifest["sessions"][1]["pid"]
+    con = duckdb.connect()
+    con.register("bpf_discards", run.read_family("discards"))
+    con.register("bpf_qemu", qemu.filter(pc.equal(qemu["source"], "bpf:qemu")))
+    con.register("log_qemu", qemu.filter(pc.equal(qemu["source"], "qemu-log")))
+    if name == "hint":
+        hints = con.execute(f"SELECT count(*) FROM bpf_qemu WHERE event = 'free_page_hint' AND pid = {pid}")
+        assert hints.fetchone()[0] > 0
+    else:
+        assert discards_agree(con, pid) > 0
+    result = run_detectors(run)
+    assert not {f["detector"] for f in result.findings.to_pylist()} & {"D1", "D2", "D3"}

@@ -60,10 +60,9 @@ def hint(tmp_path_factory):
     return _scenario("hint", tmp_path_factory)
 
 
-def _discards_agree(s: dict) -> int:
-    """QEMU's logged ram_block_discard_range calls = the uprobed ones = madvise(DONTNEED) seen by
-    eBPF, call for call; returns the bytes discarded."""
-    con, pid = s["con"], s["pid"]
+def discards_agree(con: duckdb.DuckDBPyConnection, pid: int) -> int:
+    """QEMU's logged ram_block_discard_range calls (table log_qemu) = the uprobed ones (bpf_qemu) =
+    madvise(DONTNEED) seen by eBPF (bpf_discards), call for call; returns the bytes discarded."""
     logged = con.execute("SELECT count(*), sum(size) FROM log_qemu WHERE event = 'ram_block_discard_range'"
                          " AND ret = 0").fetchone()
     probed = con.execute("SELECT count(*), sum(size) FROM bpf_qemu WHERE event = 'ram_block_discard_range'"
@@ -83,7 +82,7 @@ def _discards_agree(s: dict) -> int:
 def test_balloon_inflate_and_deflate(balloon):
     r = balloon["result"]
     assert (r["inflated_to"], r["deflated_to"]) == (256 << 20, 512 << 20)
-    discarded = _discards_agree(balloon)
+    discarded = discards_agree(balloon["con"], balloon["pid"])
     assert discarded >= 256 << 20  # the inflate, plus what free page reporting added
     ok = balloon["con"].execute(f"SELECT count(*), count(*) FILTER (WHERE ret = 0) FROM bpf_qemu "
                                 f"WHERE event = 'discard_is_disabled' AND pid = {balloon['pid']}").fetchone()
@@ -91,7 +90,7 @@ def test_balloon_inflate_and_deflate(balloon):
 
 
 def test_reporting_discards(reporting):
-    assert _discards_agree(reporting) > 0
+    assert discards_agree(reporting["con"], reporting["pid"]) > 0
 
 
 def test_hint_during_migration(hint):

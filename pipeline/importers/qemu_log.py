@@ -4,8 +4,9 @@ Line formats, as QEMU's tracetool writes them:
     TID@SEC.USEC:event args                          (QEMU <= 8.x)
     YYYY-MM-DDTHH:MM:SS.UUUUUUZ (TID) event args     (newer QEMU)
 The number is the *thread* id (qemu_get_thread_id), not the process id, and the time is the wall
-clock (gettimeofday), with microsecond resolution. The process id is taken from --pid, or else
-as the smallest thread id in the file (QEMU's main thread is its first). Wall-clock times are
+clock (gettimeofday), with microsecond resolution. The process id is taken from --pid, or from
+kernel-side events the run already holds for the same thread ids, or else as the smallest
+thread id in the file (QEMU's main thread is its first). Wall-clock times are
 turned into CLOCK_MONOTONIC by one offset: given (--clock-offset), or aligned on the memslot
 updates the run already holds from a kernel-side source (the same ioctls), or this host's
 current offset when the log comes from this boot. The manifest records which, and the residual;
@@ -185,6 +186,21 @@ def align_on_memslots(run_dir: Path, memslots: pa.Table) -> Alignment | None:
     return Alignment("memslots", int(row[1]), int(row[2]), int(row[0]), list(row[3]))
 
 
+def pid_of_threads(run_dir: Path, tids: set[int]) -> int | None:
+    """The process that the run's kernel-side events put these thread ids in, if any."""
+    if not tids or not (run_dir / "manifest.json").exists():
+        return None
+    from queries.runner import connect
+
+    con = connect(open_run(run_dir))
+    con.register("_tids", pa.table({"tid": pa.array(sorted(tids), pa.int32())}))
+    row = con.execute("""
+        SELECT pid FROM event_labels WHERE tid IN (SELECT tid FROM _tids) AND pid <> 0
+        GROUP BY pid ORDER BY count(*) DESC LIMIT 1
+    """).fetchone()
+    return row[0] if row else None
+
+
 def host_alignment() -> Alignment:
     return Alignment("host", time.time_ns() - monotonic_ns(), None)
 
@@ -193,13 +209,20 @@ def import_qemu_log(paths: list[Path], run_dir: Path, *, pid: int | None = None,
                     clock_offset_ns: int | None = None, skip_bad: bool = False) -> dict[str, Any]:
     parsed = parse(paths, skip_bad=skip_bad)
     tables = parsed.columns.tables()
-    process = pid if pid is not None else (min(parsed.tids) if parsed.tids else 0)
+    pid_from = "--pid"
+    if pid is None:
+        pid = pid_of_threads(run_dir, parsed.tids)
+        pid_from = "thread ids matched to kernel-side events in the run"
+    if pid is None:  # QEMU's main thread is its first, but the log may hold only other threads
+        pid = min(parsed.tids) if parsed.tids else 0
+        pid_from = "smallest thread id"
+    process = pid
     if clock_offset_ns is not None:
         align = Alignment("given", clock_offset_ns, None)
     else:
         align = align_on_memslots(run_dir, tables.get("memslots", pa.table({}))) or host_alignment()
     info = {"files": [str(p) for p in paths], "unknown_events": parsed.unknown,
-            "pid": process, "pid_from": "--pid" if pid is not None else "smallest thread id",
+            "pid": process, "pid_from": pid_from,
             "clock": {"source": "wall clock (gettimeofday), microseconds", "alignment": align.method,
                       "offset_ns": align.offset_ns, "residual_ns": align.residual_ns,
                       "matched_events": align.matched}}
