@@ -87,8 +87,9 @@ def import_qemu_log_cmd(
                                                 "gzip accepted.", show_default=False)],
     run: Annotated[Path, typer.Option("--run", help="Run directory to create or append to.",
                                       show_default=False)],
-    pid: Annotated[Optional[int], typer.Option(help="QEMU's process id [default: the smallest thread id "
-                                               "in the log].", show_default=False)] = None,
+    pid: Annotated[Optional[int], typer.Option(help="QEMU's process id [default: the process kernel-side "
+                                               "events in the run put the log's threads in, else the "
+                                               "smallest thread id in the log].", show_default=False)] = None,
     clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the log's wall "
                                                         "clock to get CLOCK_MONOTONIC [default: aligned "
                                                         "on the run's memslot ioctls, else this host's "

@@ -27,9 +27,8 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.importers import open_text
+from pipeline.importers import TraceFormatError, read_lines
 from pipeline.importers.columns import FamilyColumns
-from pipeline.importers.jsonl import TraceFormatError
 from pipeline.runstore import RunWriter
 from pipeline.schema import FALLOC_FL_PUNCH_HOLE, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE, MADV_REMOVE
 
@@ -175,26 +174,14 @@ def _parse_line(line: str, out: ParsedTrace) -> None:
     out.columns.add(family, {**env, **row})
 
 
+HEADER_PREFIXES = ("#", "cpus=", "CPU ", "version =")  # tracefs and trace-cmd report headers
+
+
 def parse(paths: list[Path], *, skip_bad: bool = False) -> ParsedTrace:
     out = ParsedTrace()
-    for path in paths:
-        try:
-            fh = open_text(path)
-        except OSError as e:
-            raise TraceFormatError(str(path), 0, e.strerror or str(e)) from None
-        with fh:
-            for lineno, line in enumerate(fh, 1):
-                line = line.rstrip("\n")
-                if not line.strip() or line.startswith("#") or line.startswith("cpus=") \
-                        or line.startswith("CPU ") or line.startswith("version ="):
-                    continue
-                try:
-                    _parse_line(line, out)
-                except ValueError as e:
-                    if not skip_bad:
-                        raise TraceFormatError(str(path), lineno, str(e)) from None
-                    out.bad.append(f"{path}:{lineno}: {e}")
-    for _, family, row in out.pending.values():
+    out.bad = read_lines(paths, lambda line: _parse_line(line, out), skip_bad=skip_bad,
+                         skip=lambda line: line.startswith(HEADER_PREFIXES))
+    for _, family, row in out.pending.values():  # enters whose exit the trace does not hold
         out.columns.add(family, row)
     out.pending.clear()
     return out

@@ -19,18 +19,10 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.importers import TraceFormatError
 from pipeline.importers.columns import FamilyColumns
 from pipeline.runstore import RunWriter
 from pipeline.schema import FAMILY_BY_KIND, field_enum
-
-
-class TraceFormatError(ValueError):
-    """A line of an input trace that cannot be imported; str() names file, line and field."""
-
-    def __init__(self, path: str, line: int, message: str, field: str | None = None):
-        self.path, self.line, self.field = path, line, field
-        where = f"{path}:{line}"
-        super().__init__(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")
 
 
 def _int_range(t: pa.DataType) -> tuple[int, int]:

@@ -33,9 +33,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.importers import open_text
+from pipeline.importers import read_lines
 from pipeline.importers.columns import FamilyColumns
-from pipeline.importers.jsonl import TraceFormatError
 from pipeline.runstore import RunWriter, monotonic_ns, open_run
 
 OLD_PREFIX = re.compile(r"^(?P<tid>\d+)@(?P<sec>\d+)\.(?P<usec>\d{6}):(?P<event>\w+)(?: (?P<args>.*))?$")
@@ -102,22 +101,7 @@ class ParsedLog:
 
 def parse(paths: Iterable[Path], *, skip_bad: bool = False) -> ParsedLog:
     out = ParsedLog()
-    for path in paths:
-        try:
-            fh = open_text(path)
-        except OSError as e:
-            raise TraceFormatError(str(path), 0, e.strerror or str(e)) from None
-        with fh:
-            for lineno, line in enumerate(fh, 1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                try:
-                    _parse_line(line, out)
-                except ValueError as e:
-                    if not skip_bad:
-                        raise TraceFormatError(str(path), lineno, str(e)) from None
-                    out.bad.append(f"{path}:{lineno}: {e}")
+    out.bad = read_lines(paths, lambda line: _parse_line(line, out), skip_bad=skip_bad)
     return out
 
 
