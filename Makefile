@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/vmemtrace import jsonl tests/fixtures/demo/vfio-balloon.jsonl --run $(DEMO)
 	$(BIN)/vmemtrace detect $(DEMO) --fail-on none
 	$(BIN)/vmemtrace report $(DEMO)
-	if [ "$$(id -u)" = 0 ] && [ -x $(QEMU) ] && $(BIN)/python -c 'import bcc' 2>/dev/null; then \
+	@if [ "$$(id -u)" = 0 ] && [ -x $(QEMU) ] && $(BIN)/python -c 'import bcc' 2>/dev/null; then \
 	  echo "demo: this host can trace: recording fresh runs of QEMU" && \
 	  $(BIN)/vmemtrace collect --run $(DEMO)-kvm-boot -- $(BIN)/python -m tests.qemu_vm migrate $(DEMO)-qemu/kvm-boot && \
 	  $(BIN)/vmemtrace import qemu-log $(DEMO)-qemu/kvm-boot/qemu-trace.log --run $(DEMO)-kvm-boot && \
@@ -38,7 +38,7 @@ demo: setup
 	  echo "demo: this host cannot trace (needs root, make setup-host, QEMU): using the bundled real runs" && \
 	  cp -r $(REAL)/kvm-boot/run $(DEMO)-kvm-boot && cp -r $(REAL)/balloon/run $(DEMO)-balloon; \
 	fi
-	for r in $(DEMO)-kvm-boot $(DEMO)-balloon; do \
+	@for r in $(DEMO)-kvm-boot $(DEMO)-balloon; do \
 	  $(BIN)/vmemtrace detect $$r --fail-on none && $(BIN)/vmemtrace report $$r || exit 1; done
 
 # Re-record the bundled real runs (root, bcc, QEMU): eBPF collectors plus QEMU's own trace log.
