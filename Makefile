@@ -1,4 +1,4 @@
-# The two commands: `make demo` (set up, then import, detect and report on a bundled trace) and
+# The two commands: `make demo` (set up, then detect and report on bundled or fresh runs) and
 # `make test` (set up, host included, then run the tests). Both start from a bare checkout.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -40,6 +40,12 @@ demo: setup
 	fi
 	@for r in $(DEMO)-kvm-boot $(DEMO)-balloon; do \
 	  $(BIN)/vmemtrace detect $$r --fail-on none && $(BIN)/vmemtrace report $$r || exit 1; done
+
+test: setup-host
+	$(BIN)/python -m pytest
+
+bench: setup-host
+	$(BIN)/python benchmarks/collector_throughput.py
 
 # Re-record the bundled real runs (root, bcc, QEMU): eBPF collectors plus QEMU's own trace log.
 record-real: setup-host
