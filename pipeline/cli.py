@@ -227,7 +227,7 @@ def info(run: RunArg,
         t.add_row(fam, str(n), str(m.get("lost", {}).get(fam, 0)))
     out.print(t)
     for s in m["sessions"]:
-        out.print(f"session {s['session']}: {s['source']} ({s['kind']}) {s['state']}",
+        out.print(f"session {s['session']}: {s['source']} ({s['kind']}) {r.session_state(s)}",
                   markup=False, highlight=False)
 
 

@@ -83,17 +83,21 @@ class Run:
     path: Path
     manifest: dict[str, Any]
 
+    def session_state(self, session: dict[str, Any]) -> str:
+        """A session's state now: one its writer left `running` is `unclean` once that writer is gone."""
+        if session.get("state") != "running":
+            return session.get("state", "unclean")
+        w = session.get("writer", {})
+        alive = w.get("boot_id") == _boot_id() and _pid_alive(int(w.get("pid", 0)))
+        return "running" if alive else "unclean"
+
     @property
     def state(self) -> str:
         """`clean`, `unclean` or `running` over all sessions that wrote this run."""
-        states = [s.get("state") for s in self.manifest.get("sessions", [])]
-        if "unclean" in states:
-            return "unclean"
-        for s in self.manifest.get("sessions", []):
-            if s.get("state") == "running":
-                w = s.get("writer", {})
-                alive = w.get("boot_id") == _boot_id() and _pid_alive(int(w.get("pid", 0)))
-                return "running" if alive else "unclean"
+        states = {self.session_state(s) for s in self.manifest.get("sessions", [])}
+        for state in ("unclean", "running"):
+            if state in states:
+                return state
         return "clean"
 
     def family_dir(self, family: str) -> Path:

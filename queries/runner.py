@@ -127,9 +127,7 @@ def sessions_table(run: Run) -> pa.Table:
     """The manifest's sessions as a table, for detectors that judge the run itself."""
     rows = []
     for s in run.manifest.get("sessions", []):
-        state = s.get("state")
-        if state == "running" and run.state != "running":
-            state = "unclean"
+        state = run.session_state(s)
         clock = s.get("clock") if isinstance(s.get("clock"), dict) else {}
         rows.append({"session": s.get("session"), "source": s.get("source"), "kind": s.get("kind"),
                      "state": state, "missing": s.get("missing", []),

@@ -78,6 +78,7 @@ def test_sigkill_leaves_readable_run_marked_unclean(tmp_path):
     r = open_run(run)
     assert r.state == "unclean"
     assert r.manifest["sessions"][0]["state"] == "running"  # as the writer left it
+    assert r.session_state(r.manifest["sessions"][0]) == "unclean"  # its writer is gone
     assert r.read_family("discards").num_rows == 300
     # A later writer records that the killed session stopped uncleanly and continues the ids.
     with RunWriter(run, source="next", kind="importer") as w:
