@@ -36,6 +36,11 @@ def for_families(families: list[str] | None) -> list[Collector]:
     return [c for c in COLLECTORS if any(f in c.families for f in families)]
 
 
+def rings_of(collectors: list[Collector]) -> list[tuple[Ring, Collector]]:
+    """Every ring in program order: its position is both RING_<name> and its loss-counter slot."""
+    return [(r, c) for c in collectors for r in c.rings]
+
+
 def tracepoint_exists(tp: str) -> bool:
     system, event = tp.split(":")
     return (TRACEFS / "events" / system / event / "format").exists()
@@ -84,9 +89,9 @@ def compose(collectors: list[Collector], *, ring_pages: int, filter_pids: bool, 
         attached += c.requires
         for tp in c.tracepoints:
             (attached if tracepoint_exists(tp) else missing).append(tp)
-    rings = [r.name for c in kept for r in c.rings]
+    rings = rings_of(kept)
     cflags = [f"-I{HERE}", f"-DVMT_RING_PAGES={ring_pages}", f"-DVMT_NRINGS={max(len(rings), 1)}"]
-    cflags += [f"-DRING_{name}={i}" for i, name in enumerate(rings)]
+    cflags += [f"-DRING_{r.name}={i}" for i, (r, _) in enumerate(rings)]
     cflags += [f"-D{have_macro(tp)}" for tp in attached]
     cflags += [f"-D{c.define}" for c in kept if c.define]
     if filter_pids:
@@ -119,11 +124,8 @@ def load(collectors: list[Collector], *, ring_pages: int = 4096, filter_pids: bo
             more, absent = c.attach(bpf, qemu_binary)
             attached += more
             missing += absent
-    readers, index = [], {}
-    for c in kept:
-        for ring in c.rings:
-            table = bpf[f"{ring.name}_ring"]
-            index[ring.name] = len(index)
-            readers.append((ring, c, RingReader(table.map_fd, ring_pages * os.sysconf("SC_PAGE_SIZE"),
-                                                ring.dtype)))
+    size = ring_pages * os.sysconf("SC_PAGE_SIZE")
+    rings = rings_of(kept)
+    readers = [(r, c, RingReader(bpf[f"{r.name}_ring"].map_fd, size, r.dtype)) for r, c in rings]
+    index = {r.name: i for i, (r, _) in enumerate(rings)}
     return Program(bpf, kept, readers, index, attached, missing)
