@@ -39,6 +39,14 @@ EXIT_FINDINGS = 1
 EXIT_BAD_INPUT = 2
 
 RunArg = Annotated[Path, typer.Argument(help="Run directory (holds manifest.json).", show_default=False)]
+RunOpt = Annotated[Path, typer.Option("--run", help="Run directory to create or append to.", show_default=False)]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Import the lines that parse; count the others "
+                                          "as lost events.")]
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """'family n, family n' for a summary line."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 
 def fail(message: str) -> NoReturn:
@@ -62,31 +70,29 @@ def main(version: Annotated[bool, typer.Option("--version", callback=version_cal
 def import_jsonl_cmd(
     files: Annotated[list[Path], typer.Argument(help="JSON Lines trace files, one event per line.",
                                                 show_default=False)],
-    run: Annotated[Path, typer.Option("--run", help="Run directory to create or append to.",
-                                      show_default=False)],
+    run: RunOpt,
 ) -> None:
     """Import JSON Lines events (one object per line, `kind` naming the family).
 
     The whole input is checked first: a bad line stops the import with its file,
     line number and field, and nothing is written.
     """
-    from pipeline.importers.jsonl import TraceFormatError, import_jsonl
+    from pipeline.importers import TraceFormatError
+    from pipeline.importers.jsonl import import_jsonl
 
     try:
         counts = import_jsonl(files, run)
     except (TraceFormatError, RunError) as e:
         fail(str(e))
-    total = sum(counts.values())
-    detail = ", ".join(f"{fam} {n}" for fam, n in sorted(counts.items()))
-    out.print(f"imported {total} events into {run} ({detail or 'none'})", markup=False, highlight=False)
+    out.print(f"imported {sum(counts.values())} events into {run} ({_counts(counts)})", markup=False,
+              highlight=False)
 
 
 @import_app.command("qemu-log")
 def import_qemu_log_cmd(
     files: Annotated[list[Path], typer.Argument(help="QEMU trace logs (-msg timestamp=on -D FILE); "
                                                 "gzip accepted.", show_default=False)],
-    run: Annotated[Path, typer.Option("--run", help="Run directory to create or append to.",
-                                      show_default=False)],
+    run: RunOpt,
     pid: Annotated[Optional[int], typer.Option(help="QEMU's process id [default: the process kernel-side "
                                                "events in the run put the log's threads in, else the "
                                                "smallest thread id in the log].", show_default=False)] = None,
@@ -94,15 +100,14 @@ def import_qemu_log_cmd(
                                                         "clock to get CLOCK_MONOTONIC [default: aligned "
                                                         "on the run's memslot ioctls, else this host's "
                                                         "current offset].", show_default=False)] = None,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Import the lines that parse; count the "
-                                           "others as lost events.")] = False,
+    skip_bad: SkipBadOpt = False,
 ) -> None:
     """Import QEMU's own trace log (memslot updates, RAM discards, balloon, bitmap syncs).
 
     A malformed line stops the import with its file and line number unless --skip-bad;
     events vmemtrace does not use are counted, not errors.
     """
-    from pipeline.importers.jsonl import TraceFormatError
+    from pipeline.importers import TraceFormatError
     from pipeline.importers.qemu_log import import_qemu_log
 
     try:
@@ -110,7 +115,7 @@ def import_qemu_log_cmd(
     except (TraceFormatError, RunError) as e:
         fail(str(e))
     a = res["alignment"]
-    rows = ", ".join(f"{k} {v}" for k, v in sorted(res["rows"].items())) or "none"
+    rows = _counts(res["rows"])
     residual = "" if a.residual_ns is None else f", residual {a.residual_ns} ns over {a.matched} events"
     out.print(f"imported into {run}: {rows}; unknown events {sum(res['unknown'].values())}; bad lines "
               f"{res['bad']}; clock: {a.method}{residual}", markup=False, highlight=False)
@@ -120,15 +125,13 @@ def import_qemu_log_cmd(
 def import_ftrace_cmd(
     files: Annotated[list[Path], typer.Argument(help="tracefs trace / trace_pipe text or trace-cmd report "
                                                 "output; gzip accepted.", show_default=False)],
-    run: Annotated[Path, typer.Option("--run", help="Run directory to create or append to.",
-                                      show_default=False)],
+    run: RunOpt,
     trace_clock: Annotated[str, typer.Option(help="The trace_clock the trace was recorded with; mono "
                                              "gives CLOCK_MONOTONIC times as they are.")] = "mono",
     clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the trace's "
                                                         "times to get CLOCK_MONOTONIC.",
                                                         show_default=False)] = None,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Import the lines that parse; count the "
-                                           "others as lost events.")] = False,
+    skip_bad: SkipBadOpt = False,
 ) -> None:
     """Import ftrace text: discards, MMU notifier, KVM faults/MMIO/exits/SPTEs, iommu map/unmap.
 
@@ -136,13 +139,13 @@ def import_ftrace_cmd(
     A malformed line stops the import with its file and line number unless --skip-bad.
     """
     from pipeline.importers.ftrace import import_ftrace
-    from pipeline.importers.jsonl import TraceFormatError
+    from pipeline.importers import TraceFormatError
 
     try:
         res = import_ftrace(files, run, trace_clock=trace_clock, clock_offset_ns=clock_offset, skip_bad=skip_bad)
     except (TraceFormatError, RunError) as e:
         fail(str(e))
-    rows = ", ".join(f"{k} {v}" for k, v in sorted(res["rows"].items())) or "none"
+    rows = _counts(res["rows"])
     out.print(f"imported into {run}: {rows}; unknown events {sum(res['unknown'].values())}; bad lines "
               f"{res['bad']}; clock: {res['alignment']}"
               + ("" if res["tgid"] else "; no TGID column: process ids are thread ids"),
@@ -154,8 +157,7 @@ def collect(
     command: Annotated[Optional[list[str]], typer.Argument(
         help="Workload to start and trace with its children; collection stops when it exits.",
         show_default=False)] = None,
-    run: Annotated[Path, typer.Option("--run", help="Run directory to create or append to.",
-                                      show_default=False)] = ...,
+    run: RunOpt = ...,
     pid: Annotated[Optional[list[int]], typer.Option("--pid", "-p", help="Trace this process and its "
                                                      "children (repeatable).")] = None,
     comm: Annotated[Optional[str], typer.Option("--comm", help="Trace processes whose name starts with "
@@ -198,9 +200,8 @@ def collect(
             rc = coll.run(command=command, duration=duration, progress=progress)
         except (CollectError, RunError, ValueError) as e:
             fail(str(e))
-    ev = ", ".join(f"{k} {v}" for k, v in sorted(coll.stats.events.items())) or "none"
-    lost = ", ".join(f"{k} {v}" for k, v in sorted(coll.stats.lost.items())) or "none"
-    err.print(f"collected into {run}: {ev}; lost: {lost}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"collected into {run}: {_counts(coll.stats.events)}; lost: {_counts(coll.stats.lost)}",
+              markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(rc)
 
 
@@ -292,17 +293,17 @@ def detect(
     if as_json:
         print(json.dumps(findings, indent=2))
     else:
-        _print_summary(r, result, findings)
+        _print_summary(r, result, findings, detectors)
 
     if fail_on != "none" and any(severity_rank(f["severity"]) <= severity_rank(fail_on) for f in findings):
         raise typer.Exit(EXIT_FINDINGS)
 
 
-def _print_summary(r, result, findings) -> None:
+def _print_summary(r, result, findings, detectors) -> None:
     if r.state != "clean":
         err.print(f"warning: run stopped {r.state}; events after the last chunk may be missing",
                   markup=False, highlight=False)
-    needs = {d.id: "; ".join(" | ".join(n) for n in d.needs) or "-" for d in _detectors()}
+    needs = {d.id: "; ".join(" | ".join(n) for n in d.needs) or "-" for d in detectors}
     t = Table("detector", "needs", "status", "findings")
     for s in result.statuses:
         if s.status == "ran":
