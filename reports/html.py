@@ -95,12 +95,12 @@ def timeline(evidence: list[dict], window: tuple[int, int]) -> Timeline:
     return Timeline(WIDTH, 40 + len(lanes_used) * LANE_H, lanes, marks, spans, ticks)
 
 
-def overview(con, findings: list[dict]) -> dict[str, Any]:
-    """Event counts per family in time bins, as sparkline points, with findings marked."""
-    bounds = con.execute("SELECT min(ts_ns), max(ts_ns) FROM event_labels").fetchone()
-    if bounds[0] is None:
+def overview(con, span: tuple[int | None, int | None], findings: list[dict]) -> dict[str, Any]:
+    """Event counts per family in time bins over `span` (first, last event), as sparkline points,
+    with findings marked."""
+    if span[0] is None:
         return {"rows": [], "marks": [], "width": WIDTH, "height": 0, "span": ""}
-    t0, t1 = bounds[0], max(bounds[1], bounds[0] + 1)
+    t0, t1 = span[0], max(span[1], span[0] + 1)
     counts = con.execute(f"""
         SELECT family, least(floor((ts_ns - {t0}) * {OVERVIEW_BINS} / {t1 - t0 + 1}), {OVERVIEW_BINS - 1})::INT AS bin,
                count(*) AS n
@@ -124,9 +124,9 @@ def overview(con, findings: list[dict]) -> dict[str, Any]:
     return {"rows": rows, "marks": marks, "width": WIDTH, "height": height, "span": _duration(t1 - t0)}
 
 
-def report_data(run: Run, findings: pa.Table, statuses: list[dict]) -> dict[str, Any]:
-    """Everything the page shows, as plain data (also what --format json prints)."""
-    con = connect(run)
+def report_data(run: Run, con, findings: pa.Table, statuses: list[dict]) -> dict[str, Any]:
+    """Everything the page shows, as plain data (also what --format json prints); `con` is the
+    run's DuckDB connection (queries.runner.connect)."""
     rows = findings.to_pylist()
     ids = sorted({i for f in rows for i in f["event_ids"]})
     evidence: dict[int, dict] = {}
@@ -146,6 +146,7 @@ def report_data(run: Run, findings: pa.Table, statuses: list[dict]) -> dict[str,
     return {
         "run": str(run.path), "state": run.state, "host": run.manifest.get("host", {}),
         "schema_version": run.manifest.get("schema_version"), "qemu": qemu_versions,
+        "first_ns": first, "last_ns": last,
         "duration_ns": (last - first) if first is not None else None,  # span of the trace
         "events": [{"family": k, "rows": v, "lost": lost.get(k, 0)} for k, v in counts.items()],
         "lost_other": {k: v for k, v in lost.items() if k not in counts},
@@ -156,18 +157,17 @@ def report_data(run: Run, findings: pa.Table, statuses: list[dict]) -> dict[str,
         "detectors": statuses,
         "counts": {s: sum(1 for f in rows if f["severity"] == s) for s in SEVERITIES},
         "findings": rows,
-        "_con": con,
     }
 
 
 def write_report(run: Run, findings: pa.Table, statuses: list[dict], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    data = report_data(run, findings, statuses)
-    con = data.pop("_con")
+    con = connect(run)
+    data = report_data(run, con, findings, statuses)
     for f in data["findings"]:
         f["timeline"] = timeline(f["evidence"], (f["ts_start_ns"], f["ts_end_ns"])) if f["evidence"] else None
     page = _env.get_template("report.html.j2").render(
-        d=data, overview=overview(con, data["findings"]), severities=SEVERITIES,
+        d=data, overview=overview(con, (data["first_ns"], data["last_ns"]), data["findings"]), severities=SEVERITIES,
         detector_ids=sorted({f["detector"] for f in data["findings"]}),
         duration=_duration(data["duration_ns"]) if data["duration_ns"] else "unknown")
     index = out / "index.html"
@@ -185,9 +185,7 @@ def write_report(run: Run, findings: pa.Table, statuses: list[dict], out: Path) 
 
 
 def report_json(run: Run, findings: pa.Table, statuses: list[dict]) -> str:
-    data = report_data(run, findings, statuses)
-    data.pop("_con")
-    return json.dumps(data, indent=2)
+    return json.dumps(report_data(run, connect(run), findings, statuses), indent=2)
 
 
 def _csv(path: Path, rows: list[dict]) -> None:
