@@ -65,10 +65,11 @@ class Program:
         table = self.bpf["traced_pids"]
         table[table.Key(pid)] = ctypes.c_uint8(1)
 
-    def lost(self) -> dict[str, int]:
-        """Events lost so far per ring (ring full, or an in-flight table full)."""
+    def lost(self) -> list[tuple[str, tuple[str, ...], int]]:
+        """(ring, families it feeds, events lost so far: ring full or in-flight table full) per ring."""
         table = self.bpf["vmt_lost"]
-        return {name: int(table.sum(table.Key(i)).value) for name, i in self.ring_index.items()}
+        return [(ring.name, collector.families, int(table.sum(table.Key(self.ring_index[ring.name])).value))
+                for ring, collector, _ in self.readers]
 
     def close(self) -> None:
         for _, _, reader in self.readers:

@@ -171,10 +171,10 @@ class Collection:
                     break
 
     def _account_lost(self, program: prog.Program, writer: RunWriter) -> None:
-        for ring_name, total in program.lost().items():
+        for ring_name, ring_families, total in program.lost():
             delta = total - self._lost_seen.get(ring_name, 0)
             if delta > 0:
-                families = "+".join(_ring_families(program, ring_name))
+                families = "+".join(ring_families)
                 writer.count_lost(families, delta, "BPF ring buffer or in-flight table full")
                 self._lost_seen[ring_name] = total
                 self.stats.lost[families] = self.stats.lost.get(families, 0) + delta
@@ -193,13 +193,6 @@ def _qemu_version(binary: str | None) -> str | None:
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _ring_families(program: prog.Program, ring_name: str) -> tuple[str, ...]:
-    for ring, collector, _ in program.readers:
-        if ring.name == ring_name:
-            return collector.families
-    return (ring_name,)
 
 
 def _pids_named(prefix: str) -> list[int]:
