@@ -56,7 +56,7 @@ def main() -> None:
         run = tmp / f"run-{rate}"
         n = args.generators
         flood = f"{tmp / 'flood'} {rate // n} {args.seconds}"
-        res = subprocess.run([sys.executable, "-m", "pipeline.cli", "collect", "--run", str(run),
+        res = subprocess.run([sys.executable, "-m", "vmemtrace", "collect", "--run", str(run),
                               "--families", "discards", "--ring-pages", str(args.ring_pages), "--",
                               "/bin/sh", "-c", " & ".join([flood] * n) + "; wait"],
                              cwd=ROOT, capture_output=True, text=True, check=True)

@@ -1,3 +1,3 @@
-"""vmemtrace's pipeline: event schema, run store, importers, normalisation and the CLI."""
+"""vmemtrace's pipeline: event schema, run store, importers, normalisation."""
 
 __version__ = "0.1.0"

@@ -76,6 +76,11 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+_DUCK_TYPES = {pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+               pa.uint8(): "UTINYINT", pa.uint16(): "USMALLINT", pa.uint32(): "UINTEGER",
+               pa.uint64(): "UBIGINT", pa.bool_(): "BOOLEAN", pa.string(): "VARCHAR"}
+
+
 @dataclass
 class Run:
     """A run opened for reading."""
@@ -111,11 +116,27 @@ class Run:
         schema = FAMILY_BY_NAME[family].schema
         if not files:
             return schema.empty_table()
-        return pa.concat_tables(pq.read_table(f, schema=schema) for f in files)
+        return pa.concat_tables(conform(FAMILY_BY_NAME[family], pq.read_table(f)).cast(schema) for f in files)
 
     def row_counts(self) -> dict[str, int]:
         return {f.name: sum(pq.ParquetFile(p).metadata.num_rows for p in self.chunk_files(f.name))
                 for f in FAMILIES}
+
+    def create_views(self, con) -> None:
+        """One DuckDB view per event family over this run's chunks, with every column of the schema."""
+        for fam in FAMILIES:
+            files = [str(p) for p in self.chunk_files(fam.name)]
+            if not files:
+                con.register(f"_empty_{fam.name}", fam.schema.empty_table())
+                con.execute(f"CREATE VIEW {fam.name} AS SELECT * FROM _empty_{fam.name}")
+                continue
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            # Chunks written by an older schema lack the newer columns: those read as NULL.
+            present = set().union(*(pq.read_schema(f).names for f in files))
+            cols = ", ".join(f'"{f.name}"' if f.name in present else f'NULL::{_DUCK_TYPES[f.type]} AS "{f.name}"'
+                             for f in fam.schema)
+            con.execute(f"CREATE VIEW {fam.name} AS SELECT {cols} "
+                        f"FROM read_parquet([{listing}], union_by_name = true)")
 
     def max_event_id(self) -> int:
         """Largest event id in any chunk (from Parquet statistics; no data is read)."""

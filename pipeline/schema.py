@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _field(name: str, type_: pa.DataType, doc: str, *, nullable: bool = True,
@@ -50,11 +50,6 @@ ENVELOPE = (
 
 RET = _field("ret", pa.int64(), "Return value (negative errno on failure); null if the exit was not seen.")
 END_NS = _field("end_ns", pa.int64(), "CLOCK_MONOTONIC time of the syscall's exit; null if not seen.")
-
-# MADV_* values that throw page contents away (REFERENCE.md section 2.1).
-MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MADV_DONTNEED_LOCKED = 4, 8, 9, 24
-FALLOC_FL_PUNCH_HOLE = 0x02
-KVM_MEM_LOG_DIRTY_PAGES = 1
 
 
 @dataclass(frozen=True)
@@ -90,11 +85,14 @@ FAMILIES: tuple[Family, ...] = (
                RET, END_NS,
            )),
     Family("dma", "dma",
-           "Device DMA mappings: VFIO type1 MAP_DMA/UNMAP_DMA, iommufd IOAS_MAP/UNMAP, and the kernel's "
-           "iommu:map/unmap tracepoints (api=iommu, which carry the physical address given to the device).",
+           "Long-term pins of host memory for a device: VFIO type1 MAP_DMA/UNMAP_DMA, iommufd "
+           "IOAS_MAP/UNMAP, io_uring registered buffers, QEMU's own view of its device mappings from its "
+           "trace log (vfio listener, iommufd backend, vhost-vdpa), and the kernel's iommu:map/unmap "
+           "tracepoints (api=iommu, which carry the physical address given to the device).",
            (
                _field("api", pa.string(), "Interface the mapping came through.", nullable=False,
-                      enum=("vfio_type1", "iommufd", "iommu")),
+                      enum=("vfio_type1", "iommufd", "iommu", "io_uring", "qemu_vfio", "qemu_iommufd",
+                            "vhost_vdpa")),
                _field("op", pa.string(), "Map or unmap.", nullable=False, enum=("map", "unmap")),
                _field("fd", pa.int32(), "VFIO container or iommufd file descriptor."),
                _field("ioas_id", pa.uint32(), "iommufd IOAS id."),
@@ -105,6 +103,8 @@ FAMILIES: tuple[Family, ...] = (
                       "VFIO_DMA_UNMAP_FLAG_*, IOMMU_IOAS_MAP_*)."),
                _field("paddr", pa.uint64(), "Host-physical address programmed into the IOMMU (iommu:map)."),
                _field("unmapped", pa.uint64(), "Bytes the kernel reports as unmapped (unmap only)."),
+               _field("buf_index", pa.uint32(), "io_uring registered-buffer index (map, and an update's "
+                      "unmap); null on an unmap of every buffer of the ring fd."),
                RET, END_NS,
            )),
     Family("vfio_groups", "vfio_group",
@@ -162,10 +162,12 @@ FAMILIES: tuple[Family, ...] = (
            "dirty-ring pushes, MMIO exits, QEMU writes into guest RAM.",
            (
                _field("via", pa.string(), "What showed the access.", nullable=False,
-                      enum=("page_fault", "spte_requested", "spte_set", "spte_changed",
+                      enum=("page_fault", "spte_requested", "spte_set", "spte_changed", "spte_zap",
                             "dirty_ring_push", "mmio", "userspace_exit", "qemu_write")),
                _field("vcpu", pa.int32(), "vCPU id."),
                _field("gpa", pa.uint64(), "Guest-physical address (page-aligned where the source gives a gfn)."),
+               _field("gva", pa.uint64(), "Guest-virtual address, where the source gives one instead of a GPA "
+                      "(kvm_page_fault after a #PF intercept)."),
                _field("write", pa.bool_(), "True for a write, false for a read; null if unknown."),
                _field("pfn", pa.uint64(), "Host page frame now backing gpa, where the source exposes it."),
                _field("as_id", pa.uint16(), "Address-space id (dirty ring, TDP MMU)."),
@@ -174,6 +176,34 @@ FAMILIES: tuple[Family, ...] = (
                _field("error_code", pa.uint64(), "Page-fault error code (page_fault); exit reason (userspace_exit)."),
                _field("page_offset", pa.uint64(), "Page offset within the slot (dirty_ring_push; "
                       "the GPA follows from the memslot)."),
+           )),
+    Family("vcpu_runs", "vcpu_run",
+           "vCPU threads inside KVM_RUN: the ioctl's entry and exit per vCPU thread (collector), or QEMU's "
+           "kvm_vcpu_ioctl / kvm_run_exit log lines.",
+           (
+               _field("op", pa.string(), "run: one KVM_RUN from entry (ts_ns) to exit (end_ns); enter / exit: "
+                      "only one end was seen (QEMU's log).", nullable=False, enum=("run", "enter", "exit")),
+               _field("vcpu", pa.int32(), "vCPU index (QEMU's cpu_index), where known."),
+               _field("vcpu_fd", pa.int32(), "vCPU file descriptor the ioctl was issued on."),
+               _field("exit_reason", pa.int32(), "KVM_EXIT_* reason of the exit, where known."),
+               RET, END_NS,
+           )),
+    Family("file_mappings", "file_mapping",
+           "Which host-virtual ranges of a process map which file ranges (mmap / munmap calls, or "
+           "/proc/PID/maps read at attach time), so that a hole punched in a file (fallocate) can be "
+           "placed in guest memory.",
+           (
+               _field("event", pa.string(), "How the mapping was seen.", nullable=False,
+                      enum=("mmap", "munmap", "proc_maps")),
+               _field("hva_start", pa.uint64(), "First host-virtual address.", nullable=False),
+               _field("size", pa.uint64(), "Bytes.", nullable=False),
+               _field("fd", pa.int32(), "File descriptor mapped (mmap); null when unknown."),
+               _field("file_offset", pa.uint64(), "Offset in the file of hva_start."),
+               _field("flags", pa.uint32(), "mmap flags (MAP_SHARED = 1, MAP_PRIVATE = 2)."),
+               _field("path", pa.string(), "File path, where known (/proc/PID/maps, /proc/PID/fd)."),
+               _field("inode", pa.uint64(), "Inode of the file, where known: the same file in two "
+                      "processes (memfd shared with a vhost-user backend)."),
+               RET,
            )),
     Family("qemu", "qemu",
            "QEMU's own view: discard inhibitor calls, RAM block discards, balloon, free page hints and "
@@ -185,8 +215,13 @@ FAMILIES: tuple[Family, ...] = (
                             "balloon_is_inhibited", "ram_block_discard_range",
                             "free_page_hint", "free_page_hint_start", "free_page_hint_stop",
                             "free_page_report", "balloon_inflate", "balloon_deflate", "balloon_target",
-                            "bitmap_sync_start", "bitmap_sync_end", "precopy_notify",
-                            "dirty_log_start", "dirty_log_stop", "dirty_log_sync")),
+                            "balloon_page", "balloon_get_config", "balloon_set_config",
+                            "virtio_mem_plug", "virtio_mem_unplug", "virtio_mem_unplug_all",
+                            "ram_discard_range", "bitmap_sync_start", "bitmap_sync_end",
+                            "bitmap_clear_dirty", "precopy_notify",
+                            "dirty_log_start", "dirty_log_stop", "dirty_log_sync",
+                            "memory_commit", "ioctl_inhibit_begin", "ioctl_inhibit_end",
+                            "pci_cfg_write")),
                _field("state", pa.bool_(), "The bool argument (true = disable/require/inhibit)."),
                # ret of discard_is_disabled / balloon_is_inhibited is QEMU's own answer: 1 = inhibited.
                _field("hva", pa.uint64(), "Host-virtual address the call names."),
@@ -194,7 +229,9 @@ FAMILIES: tuple[Family, ...] = (
                _field("size", pa.uint64(), "Bytes the call names."),
                _field("rb_offset", pa.uint64(), "Offset into the RAM block (ram_block_discard_range)."),
                _field("count", pa.int64(), "A count the event carries (pages, dirty pages, target)."),
-               _field("detail", pa.string(), "Free text the source gave (RAM block name, ...)."),
+               _field("detail", pa.string(), "Free text the source gave (RAM block name, PCI device, ...)."),
+               _field("cfg_offset", pa.uint32(), "PCI config-space offset written (pci_cfg_write; 4 = PCI_COMMAND)."),
+               _field("cfg_value", pa.uint32(), "Value written there (pci_cfg_write)."),
                RET, END_NS,
            )),
     Family("lost_events", "lost",

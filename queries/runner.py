@@ -13,8 +13,6 @@ A detector whose needs are not met is reported as not run, never as clean.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,15 +22,12 @@ from typing import Callable
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from pipeline.runstore import Run
 from pipeline.schema import FAMILIES, FINDING_SCHEMA, SEVERITIES
 
 QUERIES_DIR = Path(__file__).parent
 VIEWS_DIR = QUERIES_DIR / "views"
-FINDINGS_DIR = "findings"
 
 # What a detector's SELECT returns; the runner adds detector, finding_id and related.
 DETECTOR_COLUMNS = ("kind", "severity", "pid", "comm", "ts_start_ns", "ts_end_ns",
@@ -105,14 +100,7 @@ def load_detectors(folder: Path = QUERIES_DIR) -> list[Detector]:
 def connect(run: Run) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with one view per event family over the run's Parquet, plus views/."""
     con = duckdb.connect()
-    for fam in FAMILIES:
-        files = [str(p) for p in run.chunk_files(fam.name)]
-        if files:
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(f"CREATE VIEW {fam.name} AS SELECT * FROM read_parquet([{listing}])")
-        else:
-            con.register(f"_empty_{fam.name}", fam.schema.empty_table())
-            con.execute(f"CREATE VIEW {fam.name} AS SELECT * FROM _empty_{fam.name}")
+    run.create_views(con)
     con.register("_sessions", sessions_table(run))
     con.execute("CREATE VIEW sessions AS SELECT * FROM _sessions")
     for view in sorted(VIEWS_DIR.glob("*.sql")):
@@ -232,26 +220,3 @@ def run_detectors(run: Run, detectors: list[Detector] | None = None,
                           ("ts_start_ns", "ascending"), ("finding_id", "ascending")])
                 .drop_columns(["_rank"]))
     return DetectResult(findings, statuses)
-
-
-def save_findings(run: Run, result: DetectResult) -> Path:
-    """Write findings.parquet and findings.csv into RUN/findings/ (replacing earlier ones)."""
-    folder = run.path / FINDINGS_DIR
-    folder.mkdir(exist_ok=True)
-    tmp = folder / ".findings.parquet.tmp"
-    pq.write_table(result.findings, tmp)
-    os.replace(tmp, folder / "findings.parquet")
-    write_findings_csv(result.findings, folder / "findings.csv")
-    status = [vars(s) for s in result.statuses]
-    (folder / "detectors.json").write_text(json.dumps(status, indent=2) + "\n")
-    return folder
-
-
-def write_findings_csv(findings: pa.Table, path: Path) -> None:
-    """CSV copy: list columns joined with spaces, so every cell is a plain value."""
-    flat = findings
-    for name in ("event_ids", "related"):
-        idx = flat.schema.get_field_index(name)
-        joined = [" ".join(map(str, v)) for v in flat.column(name).to_pylist()]
-        flat = flat.set_column(idx, name, pa.array(joined, pa.string()))
-    pacsv.write_csv(flat, path)

@@ -22,7 +22,8 @@ import pyarrow.csv as pacsv
 
 from pipeline.runstore import Run
 from pipeline.schema import SEVERITIES
-from queries.runner import connect, write_findings_csv
+from pipeline.findings_store import write_findings_csv
+from queries.runner import connect
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("reports", "templates"),

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from vmemtrace.cli import app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ON_CI = os.environ.get("CI") == "true"

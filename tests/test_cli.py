@@ -5,7 +5,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import app
+from vmemtrace.cli import app
 from tests.conftest import FIXTURES, write_jsonl
 
 DEMO = FIXTURES / "demo" / "vfio-balloon.jsonl"
@@ -32,7 +32,7 @@ def test_every_subcommand_has_help(cli, argv):
 
 
 def test_console_script_runs():
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "--version"], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "vmemtrace", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.startswith("vmemtrace ")
 
 

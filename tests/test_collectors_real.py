@@ -20,7 +20,7 @@ from pipeline.runstore import open_run
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
-VMEMTRACE = [sys.executable, "-m", "pipeline.cli"]
+VMEMTRACE = [sys.executable, "-m", "vmemtrace"]
 
 
 @pytest.fixture(scope="module", autouse=True)

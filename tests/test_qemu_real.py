@@ -31,7 +31,7 @@ def traced_qemu(tmp_path_factory):
         require(False, "bcc is not importable (make setup-host)")
     work = tmp_path_factory.mktemp("qemu")
     run = work / "run"
-    collector = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "collect", "--run", str(run),
+    collector = subprocess.Popen([sys.executable, "-m", "vmemtrace", "collect", "--run", str(run),
                                   "--comm", "qemu-system", "--duration", "120"],
                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

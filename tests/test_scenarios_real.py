@@ -30,7 +30,7 @@ def _scenario(name: str, tmp_path_factory) -> dict:
     except ImportError:
         require(False, "bcc is not importable (make setup-host)")
     work = tmp_path_factory.mktemp(name)
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "collect", "--run", str(work / "run"), "--",
+    res = subprocess.run([sys.executable, "-m", "vmemtrace", "collect", "--run", str(work / "run"), "--",
                           sys.executable, "-m", "tests.scenarios", name, str(work / "qemu")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr

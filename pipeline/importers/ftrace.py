@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from pipeline.importers import TraceFormatError, read_lines
 from pipeline.importers.columns import FamilyColumns
 from pipeline.runstore import RunWriter
-from pipeline.schema import FALLOC_FL_PUNCH_HOLE, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE, MADV_REMOVE
+from pipeline.constants import FALLOC_FL_PUNCH_HOLE, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE, MADV_REMOVE
 
 LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
                   r"(?:(?P<flags>[^\s\d]\S*)\s+)?(?P<sec>\d+)\.(?P<frac>\d+):\s+(?P<body>.*)$")

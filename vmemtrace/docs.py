@@ -1,6 +1,6 @@
 """README sections generated from the code, so the docs cannot drift from the schema and detectors.
 
-`python -m pipeline.docs` rewrites the marked sections of README.md; a test fails when they differ.
+`python -m vmemtrace.docs` rewrites the marked sections of README.md; a test fails when they differ.
 """
 
 from __future__ import annotations

@@ -1,0 +1,3 @@
+from vmemtrace.cli import app
+
+app(prog_name="vmemtrace")

@@ -1,0 +1,99 @@
+"""`vmemtrace import ...`: traces users already have, turned into a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.runstore import RunError
+from vmemtrace.cli.common import RunOpt, SkipBadOpt, counts_text, fail, out
+
+import_app = typer.Typer(help="Turn traces you already have into a run.", no_args_is_help=True)
+
+
+@import_app.command("jsonl")
+def import_jsonl_cmd(
+    files: Annotated[list[Path], typer.Argument(help="JSON Lines trace files, one event per line.",
+                                                show_default=False)],
+    run: RunOpt,
+) -> None:
+    """Import JSON Lines events (one object per line, `kind` naming the family).
+
+    The whole input is checked first: a bad line stops the import with its file,
+    line number and field, and nothing is written.
+    """
+    from pipeline.importers import TraceFormatError
+    from pipeline.importers.jsonl import import_jsonl
+
+    try:
+        counts = import_jsonl(files, run)
+    except (TraceFormatError, RunError) as e:
+        fail(str(e))
+    out.print(f"imported {sum(counts.values())} events into {run} ({counts_text(counts)})", markup=False,
+              highlight=False)
+
+
+@import_app.command("qemu-log")
+def import_qemu_log_cmd(
+    files: Annotated[list[Path], typer.Argument(help="QEMU trace logs (-msg timestamp=on -D FILE); "
+                                                "gzip accepted.", show_default=False)],
+    run: RunOpt,
+    pid: Annotated[Optional[int], typer.Option(help="QEMU's process id [default: the process kernel-side "
+                                               "events in the run put the log's threads in, else the "
+                                               "smallest thread id in the log].", show_default=False)] = None,
+    clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the log's wall "
+                                                        "clock to get CLOCK_MONOTONIC [default: aligned "
+                                                        "on the run's memslot ioctls, else this host's "
+                                                        "current offset].", show_default=False)] = None,
+    skip_bad: SkipBadOpt = False,
+) -> None:
+    """Import QEMU's own trace log (memslot updates, RAM discards, balloon, bitmap syncs).
+
+    A malformed line stops the import with its file and line number unless --skip-bad;
+    events vmemtrace does not use are counted, not errors.
+    """
+    from pipeline.importers import TraceFormatError
+    from pipeline.importers.qemu_log import import_qemu_log
+
+    try:
+        res = import_qemu_log(files, run, pid=pid, clock_offset_ns=clock_offset, skip_bad=skip_bad)
+    except (TraceFormatError, RunError) as e:
+        fail(str(e))
+    a = res["alignment"]
+    rows = counts_text(res["rows"])
+    residual = "" if a.residual_ns is None else f", residual {a.residual_ns} ns over {a.matched} events"
+    out.print(f"imported into {run}: {rows}; unknown events {sum(res['unknown'].values())}; bad lines "
+              f"{res['bad']}; clock: {a.method}{residual}", markup=False, highlight=False)
+
+
+@import_app.command("ftrace")
+def import_ftrace_cmd(
+    files: Annotated[list[Path], typer.Argument(help="tracefs trace / trace_pipe text or trace-cmd report "
+                                                "output; gzip accepted.", show_default=False)],
+    run: RunOpt,
+    trace_clock: Annotated[str, typer.Option(help="The trace_clock the trace was recorded with; mono "
+                                             "gives CLOCK_MONOTONIC times as they are.")] = "mono",
+    clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the trace's "
+                                                        "times to get CLOCK_MONOTONIC.",
+                                                        show_default=False)] = None,
+    skip_bad: SkipBadOpt = False,
+) -> None:
+    """Import ftrace text: discards, MMU notifier, KVM faults/MMIO/exits/SPTEs, iommu map/unmap.
+
+    Record with options/record-tgid so that process ids are known (otherwise thread ids stand in).
+    A malformed line stops the import with its file and line number unless --skip-bad.
+    """
+    from pipeline.importers.ftrace import import_ftrace
+    from pipeline.importers import TraceFormatError
+
+    try:
+        res = import_ftrace(files, run, trace_clock=trace_clock, clock_offset_ns=clock_offset, skip_bad=skip_bad)
+    except (TraceFormatError, RunError) as e:
+        fail(str(e))
+    rows = counts_text(res["rows"])
+    out.print(f"imported into {run}: {rows}; unknown events {sum(res['unknown'].values())}; bad lines "
+              f"{res['bad']}; clock: {res['alignment']}"
+              + ("" if res["tgid"] else "; no TGID column: process ids are thread ids"),
+              markup=False, highlight=False)
