@@ -24,6 +24,7 @@ from pipeline.runstore import Run
 from pipeline.schema import SEVERITIES
 from pipeline.findings_store import write_findings_csv
 from queries.runner import connect
+from reports.baseline import comparison_key
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("reports", "templates"),
@@ -194,12 +195,6 @@ def _csv(path: Path, rows: list[dict]) -> None:
         pacsv.write_csv(pa.Table.from_pylist(rows), path)
     else:
         path.write_text("")
-
-
-def comparison_key(f: dict) -> tuple:
-    """What makes two findings of different runs the same finding: event ids and host addresses
-    change from run to run, guest-physical and device addresses do not."""
-    return (f["detector"], f["kind"], f["comm"], f["gpa_start"], f["gpa_end"], f["iova_start"], f["iova_end"])
 
 
 def write_comparison(reports: list[tuple[Run, pa.Table, Path]], out: Path) -> Path:
