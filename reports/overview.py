@@ -80,10 +80,14 @@ def time_label(s: float) -> str:
         if abs(s) >= 2 * scale:
             return f"{s / scale:g} {unit}"
     if abs(s) >= 1:
-        return f"{s:g} s"
+        return f"{s:.4g} s"
     if abs(s) >= 1e-3:
-        return f"{s * 1e3:g} ms"
-    return f"{s * 1e6:g} us"
+        return f"{s * 1e3:.3g} ms"
+    return f"{s * 1e6:.3g} us"
+
+
+def rate(n: float) -> str:
+    return f"{n:,.0f}" if n >= 100 else f"{n:.3g}"
 
 
 def mib(n: float) -> str:
@@ -145,7 +149,7 @@ class Overview:
         secs = self.bin_ns / 1e9
         for fam, bins in sorted(per.items()):
             total = sum(bins)
-            lane = self._add(fam, f"{int(total):,} events, peak {max(bins) / secs:,.3g}/s", "line", 26)
+            lane = self._add(fam, f"{int(total):,} events, peak {rate(max(bins) / secs)}/s", "line", 26)
             self._line(lane, bins, "spark", max(bins) or 1)
 
     def discard_rate(self) -> None:
@@ -155,7 +159,7 @@ class Overview:
             return
         secs = self.bin_ns / 1e9
         rates = [b / 2**20 / secs for b in bins]
-        lane = self._add("guest memory discarded", f"{mib(sum(bins))}, peak {max(rates):,.3g} MiB/s", "line", 34)
+        lane = self._add("guest memory discarded", f"{mib(sum(bins))}, peak {rate(max(rates))} MiB/s", "line", 34)
         self._line(lane, rates, "discard", max(rates) or 1)
 
     def balloon(self) -> bool:

@@ -19,7 +19,7 @@ def duration(ns: float) -> str:
     for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
         if abs(ns) >= scale:
             return f"{ns / scale:.3g} {unit}"
-    return f"{ns:.0f} ns"
+    return f"{ns:.0f} ns" if ns else "0"
 
 
 @dataclass

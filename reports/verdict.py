@@ -38,7 +38,7 @@ def qemu_binaries(sessions: list[dict]) -> list[dict]:
                     entry[how] += 1
         version = traced.get("qemu_version") or s.get("qemu_version")
         if not bins and version:
-            out.setdefault((None, version), {"path": "not recorded", "version": version, "usdt": 0, "uprobe": 0,
+            out.setdefault((None, version), {"path": "(path not recorded)", "version": version, "usdt": 0, "uprobe": 0,
                                              "missing": [m.split(":")[-1] for m in s.get("missing", [])
                                                          if m.startswith(("uprobe:", "usdt:"))]})
     return list(out.values())

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline import __version__
-from vmemtrace.cli import collect, detect, imports, info, report
+from vmemtrace.cli import collect, detect, export, imports, info, report
 from vmemtrace.cli.common import out
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(imports.import_app, name="import")
+app.add_typer(export.export_app, name="export")
 app.command(context_settings={"allow_interspersed_args": False})(collect.collect)
 app.command()(info.info)
 app.command()(detect.detect)
