@@ -218,6 +218,31 @@ def test_killed_import_leaves_only_hidden_staging_that_readers_ignore(tmp_path):
     assert open_run(run).row_counts()["discards"] == 5
 
 
+def test_interrupted_import_leaves_the_run_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    with RunWriter(run, source="first", kind="importer") as w:
+        w.write("discards", _discards(5))
+    before = tree_digest(run)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from pipeline.runstore import RunWriter
+        from tests.test_runstore import _discards
+        with RunWriter({str(run)!r}, source="victim", kind="importer", chunk_rows=10) as w:
+            w.write("discards", _discards(100))
+            print("ready", flush=True)
+            sys.stdin.readline()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout.readline().strip() == "ready"
+    assert list(run.glob(".staging-*/discards/*.parquet"))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+    assert tree_digest(run) == before
+
+
 # -- event ids -----------------------------------------------------------------------------------
 
 def test_ids_unique_across_families_and_bounded(tmp_path):
