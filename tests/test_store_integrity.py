@@ -218,6 +218,34 @@ def test_killed_import_leaves_only_hidden_staging_that_readers_ignore(tmp_path):
     assert open_run(run).row_counts()["discards"] == 5
 
 
+def test_import_killed_mid_commit_is_complete_for_readers_and_finished_by_the_next_writer(tmp_path):
+    run = tmp_path / "run"
+    with RunWriter(run, source="first", kind="importer") as w:
+        w.write("discards", _discards(5))
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO)!r})
+        import pipeline.runstore as rs
+        from tests.test_runstore import _discards
+        real = os.replace
+        def replace(src, dst):  # die right after the manifest listing the session is in place
+            real(src, dst)
+            if str(dst).endswith("manifest.json") and "victim" in open(dst).read():
+                os.kill(os.getpid(), signal.SIGKILL)
+        rs.os.replace = replace
+        with rs.RunWriter({str(run)!r}, source="victim", kind="importer", chunk_rows=10) as w:
+            w.write("discards", _discards(30))
+    """)
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == -signal.SIGKILL
+    assert len(list(run.glob(".staging-0002/discards/*.parquet"))) == 3
+    r = open_run(run)
+    assert r.state == "clean" and r.row_counts()["discards"] == 35 == r.manifest["families"]["discards"]["rows"]
+    with RunWriter(run, source="next", kind="importer"):
+        pass
+    assert not list(run.glob(".staging-*")) and len(list((run / "discards").glob("*.parquet"))) == 4
+    assert open_run(run).read_family("discards").num_rows == 35
+
+
 def test_interrupted_import_leaves_the_run_as_it_was(tmp_path):
     run = tmp_path / "run"
     with RunWriter(run, source="first", kind="importer") as w:
