@@ -164,6 +164,8 @@ def open_run(path: str | os.PathLike) -> Run:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
         raise RunError(f"{mpath}: not valid JSON (line {e.lineno}: {e.msg})") from e
+    if not isinstance(manifest, dict):
+        raise RunError(f"{mpath}: not a JSON object")
     if manifest.get("format") != RUN_FORMAT:
         raise RunError(f"{mpath}: field 'format' is {manifest.get('format')!r}, expected {RUN_FORMAT!r}")
     version = manifest.get("schema_version")
