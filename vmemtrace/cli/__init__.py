@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from pipeline import __version__
-from vmemtrace.cli import collect, detect, doctor, imports, info, report
+from vmemtrace.cli import collect, detect, doctor, export, fleet, imports, info, report
 from vmemtrace.cli.common import EXIT_CODES_HELP, out
 from vmemtrace.cli.errors import run_guarded
 
@@ -34,6 +34,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(imports.import_app, name="import")
+app.add_typer(fleet.fleet_app, name="fleet")
+app.add_typer(export.export_app, name="export")
 app.command(context_settings={"allow_interspersed_args": False})(collect.collect)
 app.command()(info.info)
 app.command(epilog=EXIT_CODES_HELP)(detect.detect)
