@@ -161,6 +161,13 @@ def _qemu(binary: Path) -> list[Check]:
     return checks
 
 
+def collect_blockers() -> list[str]:
+    """What stops `vmemtrace collect` on this host, each with what to do (quick: nothing is loaded)."""
+    bcc_check, _ = _bcc()
+    return [f"{c.name}: {c.detail}" + (f" ({c.fix})" if c.fix else "")
+            for c in (_kernel(), _root(), _tracefs(), bcc_check, _headers()) if c.status == "fail"]
+
+
 def doctor(
     qemu: Annotated[Optional[Path], typer.Option("--qemu", help="QEMU binary to inspect [default: "
                                                  "/usr/bin/qemu-system-x86_64].", show_default=False)] = None,
