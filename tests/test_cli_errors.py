@@ -133,11 +133,11 @@ def test_a_bug_is_exit_3_with_the_traceback_in_a_file(demo_run, cli, monkeypatch
 
 @pytest.fixture
 def small_mount(tmp_path):
-    """A real file system of our own: a 256 KiB tmpfs (unmounted afterwards)."""
+    """A real file system of our own: a 64 KiB tmpfs (unmounted afterwards)."""
     require(os.geteuid() == 0, "mounting a tmpfs needs root")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
@@ -149,7 +149,7 @@ def _many_discards(path: Path, n: int) -> Path:
 
 
 def test_disk_full_is_a_clear_error(small_mount, tmp_path, cli):
-    trace = _many_discards(tmp_path / "big.jsonl", 30_000)
+    trace = _many_discards(tmp_path / "big.jsonl", 8_000)
     res = cli("import", "jsonl", trace, "--run", small_mount / "run")
     assert res.exit_code == 2
     line = one_error_line(res)

@@ -86,8 +86,8 @@ def _bpf_load(bcc_module) -> Check:
     if bcc_module is None or os.geteuid() != 0:
         return Check("BPF load", "fail", "not tried (needs root and bcc)", "fix the checks above")
     try:
-        b = bcc_module.BPF(text="int vmemtrace_doctor(void *ctx) { return 0; }")
-        b.load_func("vmemtrace_doctor", bcc_module.BPF.SOCKET_FILTER)
+        b = bcc_module.BPF(text=b"int vmemtrace_doctor(void *ctx) { return 0; }")
+        b.load_func(b"vmemtrace_doctor", bcc_module.BPF.SOCKET_FILTER)
         b.cleanup()
     except Exception as e:  # noqa: BLE001 - bcc raises plain Exception for compile and load errors
         return Check("BPF load", "fail", f"bcc could not compile or load a program: {e}",
