@@ -103,3 +103,19 @@ def test_workload_that_forks_execs_and_exits_is_followed(tmp_path):
                  key=lambda r: r["size"])
     assert got == [{k: d[k] for k in ("pid", "comm", "size", "ret")} for d in did]
     assert open_run(run).state == "clean"
+
+
+def test_second_collector_on_the_same_run_refuses(tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen([*VMEMTRACE, "collect", "--run", str(run), "--families", "discards", "--duration", "60"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (run / "manifest.json").exists(), "the first collector's session")
+        second = subprocess.run([*VMEMTRACE, "collect", "--run", str(run), "--families", "discards",
+                                 "--duration", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "another vmemtrace process is still writing" in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    r = open_run(run)
+    assert r.state == "clean" and len(r.manifest["sessions"]) == 1
