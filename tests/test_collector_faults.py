@@ -113,7 +113,7 @@ def test_second_collector_on_the_same_run_refuses(tmp_path):
         wait_for(lambda: (run / "manifest.json").exists(), "the first collector's session")
         second = subprocess.run([*VMEMTRACE, "collect", "--run", str(run), "--families", "discards",
                                  "--duration", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2 and "another vmemtrace process is still writing" in second.stderr
+        assert second.returncode == 2 and f"process {first.pid} is writing this run" in second.stderr
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=60)
