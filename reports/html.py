@@ -30,6 +30,7 @@ from pipeline.findings_store import findings_dir
 from pipeline.runstore import Run
 from pipeline.schema import SEVERITIES
 from queries.runner import connect
+from reports.baseline import comparison_key
 from reports.address_space import pictures
 from reports.overview import finding_density, overview, process_summary
 from reports.timeline import duration, mapping_lifetimes, timeline
@@ -215,12 +216,6 @@ def _csv(path: Path, rows: list[dict]) -> None:
     else:
         path.write_text("")
     _private_file(path)
-
-
-def comparison_key(f: dict) -> tuple:
-    """What makes two findings of different runs the same finding: event ids and host addresses
-    change from run to run, guest-physical and device addresses do not."""
-    return (f["detector"], f["kind"], f["comm"], f["gpa_start"], f["gpa_end"], f["iova_start"], f["iova_end"])
 
 
 def write_comparison(reports: list[tuple[Run, pa.Table, Path]], out: Path) -> Path:
