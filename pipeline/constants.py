@@ -77,6 +77,11 @@ CONSTANTS: dict[str, dict[str, int]] = {
         "PCI_COMMAND": 0x04,
         "PCI_COMMAND_MEMORY": 0x02,
     },
+    # mmap flags (mman-common.h): a shared mapping's pages live in the file, not the process
+    "mmap": {
+        "MAP_SHARED": 0x01,
+        "MAP_PRIVATE": 0x02,
+    },
     "page": {
         "PAGE_SIZE": 4096,
     },
