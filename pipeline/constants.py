@@ -73,6 +73,19 @@ CONSTANTS: dict[str, dict[str, int]] = {
     "page": {
         "PAGE_SIZE": 4096,
     },
+    # KVM x86 SPTE bits (arch/x86/kvm/mmu/spte.h, 5.13+): shadow-present, and the host address bits 12-51
+    "kvm_spte": {
+        "SPTE_MMU_PRESENT_MASK": 1 << 11,
+        "SPTE_PFN_MASK": 0x000FFFFFFFFFF000,
+    },
+    # x86 exception vector of a page fault (#PF)
+    "x86": {
+        "PF_VECTOR": 14,
+    },
+    # Largest pid the kernel hands out (PID_MAX_LIMIT on 64-bit, include/linux/threads.h)
+    "linux": {
+        "PID_MAX_LIMIT": 4 * 1024 * 1024,
+    },
 }
 
 _ALL = {name: value for group in CONSTANTS.values() for name, value in group.items()}
