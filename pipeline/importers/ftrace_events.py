@@ -1,9 +1,8 @@
-"""What each ftrace event's text says, as one anchored RE2 pattern per event and a vectorised builder.
+"""What each ftrace event's text says: its argument layouts as templates and a vectorised builder.
 
-The patterns follow the events' TP_printk formats in the kernel source, for every layout that
-changed across versions (noted per event). A builder gets the pattern's named groups as Arrow
-string arrays (one element per matching line) and returns the family's columns; nothing here
-runs per line.
+The templates follow the events' TP_printk formats in the kernel source, one per layout that
+changed across versions (noted per event). A builder gets the typed fields of the matching lines
+as Arrow arrays and returns the family's columns; nothing here runs per line.
 """
 
 from __future__ import annotations
@@ -15,130 +14,114 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.constants import SPTE_MMU_PRESENT_MASK, SPTE_PFN_MASK
-from pipeline.importers.ftrace_lines import dec_u64, hex_u64
+from pipeline.importers.ftrace_template import Template
 
-Groups = dict[str, pa.Array]
+Fields = dict[str, pa.Array]
 Columns = dict[str, pa.Array | str | int | bool]
-
-
-def hx(name: str) -> str:
-    """A hex number as the kernel prints it (%lx, %llx, 0x%016llx, %#lx), leading zeros dropped."""
-    return rf"(?:0x)?0*(?P<{name}>[0-9a-fA-F]{{1,16}})"
-
-
-def dec(name: str) -> str:
-    return rf"(?P<{name}>\d{{1,20}})"
 
 
 @dataclass(frozen=True)
 class EventSpec:
     family: str
-    pattern: str
-    build: Callable[[Groups], Columns]
+    layouts: tuple[Template, ...]
+    build: Callable[[Fields], Columns]
 
 
-def _gfn_gpa(g: Groups, name: str = "gfn") -> pa.Array:
-    return pc.shift_left(hex_u64(g[name]), pa.scalar(12, pa.uint64()))
+def spec(family: str, layouts: tuple[str, ...], build: Callable[[Fields], Columns]) -> EventSpec:
+    return EventSpec(family, tuple(Template(t) for t in layouts), build)
+
+
+def _u64(value: int) -> pa.Scalar:
+    return pa.scalar(value, pa.uint64())
+
+
+def _gpa(gfn: pa.Array) -> pa.Array:
+    return pc.shift_left(gfn, _u64(12))
+
+
+def _pfn(spte: pa.Array) -> pa.Array:
+    return pc.shift_right(pc.bit_wise_and(spte, _u64(SPTE_PFN_MASK)), _u64(12))
 
 
 def _pfn_if_present(spte: pa.Array) -> pa.Array:
-    """The page an SPTE maps, or null when the SPTE is not shadow-present (a zap: 0, REMOVED_SPTE 0x5a0)."""
-    present = pc.not_equal(pc.bit_wise_and(spte, pa.scalar(SPTE_MMU_PRESENT_MASK, pa.uint64())), 0)
-    pfn = pc.shift_right(pc.bit_wise_and(spte, pa.scalar(SPTE_PFN_MASK, pa.uint64())), pa.scalar(12, pa.uint64()))
-    return pc.if_else(present, pfn, pa.scalar(None, pa.uint64()))
+    """The page an SPTE maps, or null when it is not shadow-present (a zap: 0, REMOVED_SPTE 0x5a0)."""
+    present = pc.not_equal(pc.bit_wise_and(spte, _u64(SPTE_MMU_PRESENT_MASK)), 0)
+    return pc.if_else(present, _pfn(spte), pa.scalar(None, pa.uint64()))
 
 
-def _page_fault(g: Groups) -> Columns:
-    err = hex_u64(g["err"])
-    return {"via": "page_fault", "vcpu": dec_u64(g["vcpu"]), "gpa": hex_u64(g["addr"]), "error_code": err,
+def _page_fault(f: Fields) -> Columns:
+    return {"via": "page_fault", "vcpu": f["vcpu"], "gpa": f["addr"], "error_code": f["err"],
             # bit 1 is "write" both in the #PF error code and in VMX's EPT-violation qualification
-            "write": pc.not_equal(pc.bit_wise_and(err, pa.scalar(2, pa.uint64())), 0)}
+            "write": pc.not_equal(pc.bit_wise_and(f["err"], _u64(2)), 0)}
 
 
-def _spte_changed(g: Groups) -> Columns:
-    return {"via": "spte_changed", "as_id": dec_u64(g["as_id"]), "gpa": _gfn_gpa(g), "level": dec_u64(g["level"]),
-            "pfn": _pfn_if_present(hex_u64(g["new"]))}
-
-
-def _spte_set(g: Groups) -> Columns:
-    # kvm_mmu_set_spte always installs a present SPTE (MMIO SPTEs are not set through it)
-    spte = hex_u64(g["spte"])
-    pfn = pc.shift_right(pc.bit_wise_and(spte, pa.scalar(SPTE_PFN_MASK, pa.uint64())), pa.scalar(12, pa.uint64()))
-    return {"via": "spte_set", "gpa": _gfn_gpa(g), "level": dec_u64(g["level"]), "pfn": pfn,
-            "write": pc.equal(g["w"], "w")}
-
-
-def _dirty_ring_push(g: Groups) -> Columns:
-    slot = dec_u64(g["slot"])  # as_id << 16 | slot
-    return {"via": "dirty_ring_push", "slot": pc.bit_wise_and(slot, pa.scalar(0xFFFF, pa.uint64())),
-            "as_id": pc.shift_right(slot, pa.scalar(16, pa.uint64())), "page_offset": hex_u64(g["off"]),
-            "write": True}
+def _dirty_ring_push(f: Fields) -> Columns:
+    return {"via": "dirty_ring_push", "slot": pc.bit_wise_and(f["slot"], _u64(0xFFFF)),  # as_id << 16 | slot
+            "as_id": pc.shift_right(f["slot"], _u64(16)), "page_offset": f["off"], "write": True}
 
 
 EVENTS: dict[str, EventSpec] = {
     # include/trace/events/kvm.h
-    "kvm_unmap_hva_range": EventSpec(
-        "mmu_notifier", rf"^mmu notifier unmap range: {hx('start')} -- {hx('end')}$",
-        lambda g: {"event": "unmap_hva_range", "hva_start": hex_u64(g["start"]), "hva_end": hex_u64(g["end"])}),
-    "kvm_age_hva": EventSpec(
-        "mmu_notifier", rf"^mmu notifier age hva: {hx('start')} -- {hx('end')}$",
-        lambda g: {"event": "age_hva", "hva_start": hex_u64(g["start"]), "hva_end": hex_u64(g["end"])}),
-    "kvm_test_age_hva": EventSpec(
-        "mmu_notifier", rf"^mmu notifier test age hva: {hx('start')}$",
-        lambda g: {"event": "test_age_hva", "hva_start": hex_u64(g["start"])}),
-    "kvm_mmio": EventSpec(
-        "guest_accesses", rf"^mmio (?P<type>unsatisfied-read|read|write) len \d+ gpa {hx('gpa')} val .*$",
-        lambda g: {"via": "mmio", "gpa": hex_u64(g["gpa"]), "write": pc.equal(g["type"], "write")}),
-    "kvm_userspace_exit": EventSpec(
-        "guest_accesses", r"^reason \S+ \((?P<reason>-?\d{1,10})\)$",
-        lambda g: {"via": "userspace_exit", "error_code": pc.cast(pc.cast(g["reason"], pa.int64()), pa.uint64(),
-                                                                   safe=False)}),
-    "kvm_dirty_ring_push": EventSpec(
-        "guest_accesses", rf"^ring \d+: dirty {hx('d')} reset {hx('r')} slot {dec('slot')} offset {hx('off')}"
-                          r"(?: \(used \d+\))?$", _dirty_ring_push),
-    # arch/x86/kvm/trace.h: 'address %lx error_code %x' before 6.1, then 'vcpu %u rip 0x%lx address
-    # 0x%016llx error_code 0x%llx'
-    "kvm_page_fault": EventSpec(
-        "guest_accesses", rf"^(?:vcpu {dec('vcpu')} rip {hx('rip')} )?address {hx('addr')} error_code {hx('err')}$",
-        _page_fault),
+    "kvm_unmap_hva_range": spec("mmu_notifier", ("mmu notifier unmap range: {start:x} -- {end:x}",),
+                                lambda f: {"event": "unmap_hva_range", "hva_start": f["start"], "hva_end": f["end"]}),
+    "kvm_age_hva": spec("mmu_notifier", ("mmu notifier age hva: {start:x} -- {end:x}",),
+                        lambda f: {"event": "age_hva", "hva_start": f["start"], "hva_end": f["end"]}),
+    "kvm_test_age_hva": spec("mmu_notifier", ("mmu notifier test age hva: {start:x}",),
+                             lambda f: {"event": "test_age_hva", "hva_start": f["start"]}),
+    "kvm_mmio": spec("guest_accesses", ("mmio {type:s} len {len:d} gpa {gpa:x} val {val:x}",
+                                        "mmio {type:s} len {len:d} gpa {gpa:x} val ..."),
+                     lambda f: {"via": "mmio", "gpa": f["gpa"], "write": pc.equal(f["type"], "write")}),
+    "kvm_userspace_exit": spec("guest_accesses", ("reason {name:s} ({reason:i})",),
+                               lambda f: {"via": "userspace_exit",
+                                          "error_code": pc.cast(f["reason"], pa.uint64(), safe=False)}),
+    "kvm_dirty_ring_push": spec("guest_accesses",
+                                ("ring {ring:d}: dirty {dirty:x} reset {reset:x} slot {slot:d} offset {off:x} "
+                                 "(used {used:d})",
+                                 "ring {ring:d}: dirty {dirty:x} reset {reset:x} slot {slot:d} offset {off:x}"),
+                                _dirty_ring_push),
+    # arch/x86/kvm/trace.h: 'vcpu %u rip 0x%lx address 0x%016llx error_code 0x%llx' since 6.1,
+    # 'address %lx error_code %x' before
+    "kvm_page_fault": spec("guest_accesses", ("vcpu {vcpu:d} rip {rip:x} address {addr:x} error_code {err:x}",
+                                              "address {addr:x} error_code {err:x}"), _page_fault),
     # arch/x86/kvm/mmu/mmutrace.h
-    "kvm_mmu_spte_requested": EventSpec(
-        "guest_accesses", rf"^gfn {hx('gfn')} pfn {hx('pfn')} level {dec('level')}$",
-        lambda g: {"via": "spte_requested", "gpa": _gfn_gpa(g), "pfn": hex_u64(g["pfn"]),
-                   "level": dec_u64(g["level"])}),
-    "kvm_tdp_mmu_spte_changed": EventSpec(
-        "guest_accesses", rf"^as id {dec('as_id')} gfn {hx('gfn')} level {dec('level')} old_spte {hx('old')} "
-                          rf"new_spte {hx('new')}$", _spte_changed),
-    "kvm_mmu_set_spte": EventSpec(
-        "guest_accesses", rf"^gfn {hx('gfn')} spte {hx('spte')} \((?P<r>r?)(?P<w>w?)(?P<x>x?)(?P<u>u?)\) "
-                          rf"level {dec('level')} at {hx('at')}$", _spte_set),
-    # KVM_MMU_PAGE_PRINTK: 'sp gen %u gfn %llx l%u %u-byte q%u...' (5.x+), 'sp gen %lx gfn %llx l%u%s q%u...'
-    # (4.x), 'sp gfn %llx %u%s q%u...' (3.x): the level's 'l' and the generation are optional
-    "kvm_mmu_prepare_zap_page": EventSpec(
-        "guest_accesses", rf"^sp (?:gen {hx('gen')} )?gfn {hx('gfn')} l?{dec('level')}(?:-byte|\b).*$",
-        lambda g: {"via": "spte_zap", "gpa": _gfn_gpa(g), "level": dec_u64(g["level"])}),
-    # include/trace/events/iommu.h: 'iova=0x%016llx - 0x%016llx paddr=...' since 5.x; no end before
-    "map": EventSpec(
-        "dma", rf"^IOMMU: iova={hx('iova')}(?: - {hx('end')})? paddr={hx('paddr')} size={dec('size')}$",
-        lambda g: {"api": "iommu", "op": "map", "iova": hex_u64(g["iova"]), "paddr": hex_u64(g["paddr"]),
-                   "size": dec_u64(g["size"])}),
-    "unmap": EventSpec(
-        "dma", rf"^IOMMU: iova={hx('iova')}(?: - {hx('end')})? size={dec('size')} unmapped_size={dec('un')}$",
-        lambda g: {"api": "iommu", "op": "unmap", "iova": hex_u64(g["iova"]), "size": dec_u64(g["size"]),
-                   "unmapped": dec_u64(g["un"])}),
+    "kvm_mmu_spte_requested": spec("guest_accesses", ("gfn {gfn:x} pfn {pfn:x} level {level:d}",),
+                                   lambda f: {"via": "spte_requested", "gpa": _gpa(f["gfn"]), "pfn": f["pfn"],
+                                              "level": f["level"]}),
+    "kvm_tdp_mmu_spte_changed": spec(
+        "guest_accesses", ("as id {as_id:d} gfn {gfn:x} level {level:d} old_spte {old:x} new_spte {new:x}",),
+        lambda f: {"via": "spte_changed", "as_id": f["as_id"], "gpa": _gpa(f["gfn"]), "level": f["level"],
+                   "pfn": _pfn_if_present(f["new"])}),
+    # 'gfn %llx spte %llx (%s%s%s%s) level %d at %llx': always a present SPTE (MMIO SPTEs are not set here)
+    "kvm_mmu_set_spte": spec("guest_accesses", ("gfn {gfn:x} spte {spte:x} ({perm:s}) level {level:d} at {at:x}",),
+                             lambda f: {"via": "spte_set", "gpa": _gpa(f["gfn"]), "level": f["level"],
+                                        "pfn": _pfn(f["spte"]), "write": pc.match_substring(f["perm"], "w")}),
+    # KVM_MMU_PAGE_PRINTK: 'sp gen %u gfn %llx l%u %u-byte q%u ...' (5.x+), 'sp gen %lx gfn %llx l%u%s q%u ...'
+    # (4.x), 'sp gfn %llx l%u%s ...' (3.x)
+    "kvm_mmu_prepare_zap_page": spec("guest_accesses", ("sp gen {gen:x} gfn {gfn:x} l{level:d} ...",
+                                                        "sp gfn {gfn:x} l{level:d} ..."),
+                                     lambda f: {"via": "spte_zap", "gpa": _gpa(f["gfn"]), "level": f["level"]}),
+    # include/trace/events/iommu.h: 'IOMMU: iova=0x%016llx - 0x%016llx paddr=...' since 5.x, no end before
+    "map": spec("dma", ("IOMMU: iova={iova:x} - {end:x} paddr={paddr:x} size={size:d}",
+                        "IOMMU: iova={iova:x} paddr={paddr:x} size={size:d}"),
+                lambda f: {"api": "iommu", "op": "map", "iova": f["iova"], "paddr": f["paddr"], "size": f["size"]}),
+    "unmap": spec("dma", ("IOMMU: iova={iova:x} - {end:x} size={size:d} unmapped_size={un:d}",
+                          "IOMMU: iova={iova:x} size={size:d} unmapped_size={un:d}"),
+                  lambda f: {"api": "iommu", "op": "unmap", "iova": f["iova"], "size": f["size"],
+                             "unmapped": f["un"]}),
 }
 
 # kvm_exit: 'vcpu %u reason %s%s%s rip 0x%lx info1 0x%016llx info2 0x%016llx intr_info 0x%08x error_code
 # 0x%08x' (5.13+), 'reason %s rip 0x%lx info %llx %llx' before (VMX's info2 there is the interrupt info).
-# Only read to tell a #PF intercept (VMX EXCEPTION_NMI with vector 14, SVM 'PF excp') from the rest.
-KVM_EXIT = (rf"^(?:vcpu {dec('vcpu')} )?reason (?P<reason>.+?) rip {hx('rip')} "
-            rf"(?:info1 {hx('i1')} info2 {hx('i2')} intr_info {hx('intr')} error_code {hx('ec')}"
-            rf"|info {hx('oi1')} {hx('oi2')})$")
+# The reason may hold spaces (SVM's "PF excp"), so the text is cut at ' rip ' first. Only read to tell a
+# #PF intercept (VMX EXCEPTION_NMI with vector 14, SVM 'PF excp') from the rest.
+KVM_EXIT_HEAD = (Template("vcpu {vcpu:d} reason ..."), Template("reason ..."))
+KVM_EXIT_TAIL = (Template("{rip:x} info1 {info1:x} info2 {info2:x} intr_info {intr:x} error_code {ec:x}"),
+                 Template("{rip:x} info {info1:x} {intr:x}"))
 
 # syscall tracepoints: 'sys_NAME(arg: HEX, ...)' and 'sys_NAME -> 0xRET'; hex with or without 0x
 SYSCALL_ARGS = {
-    "madvise": rf"^start: {hx('start')}, len_in: {hx('len')}, behavior: {hx('advice')}$",
-    "fallocate": rf"^fd: {hx('fd')}, mode: {hx('mode')}, offset: {hx('offset')}, len: {hx('len')}$",
-    "ioctl": rf"^fd: {hx('fd')}, cmd: {hx('cmd')}, arg: {hx('arg')}$",
+    "madvise": Template("start: {start:x}, len_in: {len:x}, behavior: {advice:x}"),
+    "fallocate": Template("fd: {fd:x}, mode: {mode:x}, offset: {offset:x}, len: {len:x}"),
+    "ioctl": Template("fd: {fd:x}, cmd: {cmd:x}, arg: {arg:x}"),
 }
-SYSCALL_RET = rf"^{hx('ret')}$"
+SYSCALL_RET = Template("{ret:x}")
