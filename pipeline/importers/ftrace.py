@@ -41,12 +41,11 @@ from pipeline.constants import (FALLOC_FL_PUNCH_HOLE, KVM_CLEAR_DIRTY_LOG, KVM_G
                                 KVM_RESET_DIRTY_RINGS, KVM_RUN, MADV_DONTNEED, MADV_DONTNEED_LOCKED,
                                 MADV_FREE, MADV_REMOVE, PF_VECTOR, PID_MAX_LIMIT)
 from pipeline.importers import TraceFormatError
-from pipeline.importers.ftrace_events import (EVENTS, KVM_EXIT_HEAD, KVM_EXIT_TAIL, SYSCALL_ARGS,
-                                              SYSCALL_RET)
+from pipeline.importers.ftrace_events import EVENTS, KVM_EXIT, SYSCALL_ARGS, SYSCALL_RET
 from pipeline.importers.ftrace_lines import InputFile, line_batches
 from pipeline.importers.ftrace_pairing import SYSCALLS, FaultPairing, SyscallPairing
 from pipeline.importers.ftrace_pids import assign_pids, parse_pid_options
-from pipeline.importers.ftrace_prefix import event_fields, item
+from pipeline.importers.ftrace_prefix import event_fields
 from pipeline.importers.ftrace_template import Template, match_any
 from pipeline.runstore import RunWriter, conform
 from pipeline.schema import FAMILY_BY_NAME
@@ -134,6 +133,7 @@ class Parse:
     lines: int = 0
     raw_counter_times: bool = False
     last_ts: int | None = None
+    first_line_consumed: bool = False  # the next batch's first line was joined into this batch's last event
     syscalls: SyscallPairing = field(default_factory=SyscallPairing)
     faults: FaultPairing = field(default_factory=FaultPairing)
 
@@ -168,21 +168,30 @@ class Parse:
 
 # -- one batch of lines --------------------------------------------------------------------------
 
-def _batch(p: Parse, path: Path, lines: pa.Array, first_line: int) -> None:
-    n = len(lines)
+def _batch(p: Parse, path: Path, lines: pa.Array, first_line: int, lookahead: int) -> None:
+    """Parse lines[:-lookahead]; the last line is only read ahead, for wrapped continuations."""
+    n = len(lines) - lookahead
     lineno = np.arange(first_line, first_line + n, dtype=np.int64)
     pos = np.arange(p.lines, p.lines + n, dtype=np.int64)
     p.lines += n
     is_event, fields = event_fields(lines)
-    b = Batch(path, lines, is_event, np.flatnonzero(is_event), np.zeros(n, dtype=bool))
+    ev_idx = np.flatnonzero(is_event)
+    inside = ev_idx < n
+    if not inside.all():
+        keep = pa.array(inside)
+        fields = {k: v.filter(keep) for k, v in fields.items()}
+        ev_idx = ev_idx[inside]
+    consumed = np.zeros(len(lines), dtype=bool)
+    consumed[0] = p.first_line_consumed
+    b = Batch(path, lines, is_event, ev_idx, consumed)
     ts = np.empty(0, np.int64)
-    if len(b.ev_idx):
-        b.lineno, b.pos = lineno[b.ev_idx], pos[b.ev_idx]
+    if len(ev_idx):
+        b.lineno, b.pos = lineno[ev_idx], pos[ev_idx]
         ts = _event_rows(p, b, fields)
-    other = np.flatnonzero(~is_event)
+    p.first_line_consumed = bool(lookahead and consumed[n])
+    other = np.flatnonzero(~is_event[:n])
     if len(other):
-        _other_lines(p, path, lines.take(pa.array(other)), lineno[other], b.consumed[other],
-                     lineno[b.ev_idx], ts)
+        _other_lines(p, path, lines.take(pa.array(other)), lineno[other], consumed[other], lineno[ev_idx], ts)
 
 
 def _other_lines(p: Parse, path: Path, text: pa.Array, lineno: np.ndarray, consumed: np.ndarray,
@@ -197,8 +206,8 @@ def _other_lines(p: Parse, path: Path, text: pa.Array, lineno: np.ndarray, consu
     for row, ln in zip(lost.filter(pa.array(is_lost)).to_pylist() if is_lost.any() else [], lineno[is_lost]):
         # the loss ends where the CPU's next event starts: the next event line printed
         after = np.searchsorted(ev_lineno, ln)
-        reason = (f"ring buffer overrun on CPU {row['cpu']} before {path}:{ln}" if not row["unknown"] else
-                  f"events dropped on CPU {row['cpu']} before {path}:{ln} (at least 1; trace-cmd did not "
+        reason = (f"ring buffer overrun on CPU {row['cpu']} before {path.name}:{ln}" if not row["unknown"] else
+                  f"events dropped on CPU {row['cpu']} before {path.name}:{ln} (at least 1; trace-cmd did not "
                   "say how many)")
         p.lost.append({"count": int(row["lost"] or row["dropped"] or 1), "reason": reason,
                        "ts": int(ev_ts[after]) if after < len(ev_ts) else None})
@@ -351,17 +360,17 @@ def _known_event(p: Parse, b: Batch, name: str, sel: np.ndarray, args: pa.Array)
 
 def _kvm_exits(p: Parse, b: Batch, sel: np.ndarray, args: pa.Array) -> pa.Table:
     """kvm_exit lines as pairing records: was this exit a #PF intercept?"""
-    parts = pc.split_pattern(args, " rip ", max_splits=1)
-    head, tail = item(parts, 0), item(parts, 1)
-    _, sel = _parse_args(p, b, "kvm_exit", KVM_EXIT_HEAD, sel, head, rejoin=False)
-    values, sel = _parse_args(p, b, "kvm_exit", KVM_EXIT_TAIL, sel, pc.coalesce(tail, ""), rejoin=False)
-    p.context["kvm_exit"] = p.context.get("kvm_exit", 0) + int(sel.sum())
-    reason = item(pc.split_pattern(head.filter(pa.array(sel)), "reason ", max_splits=1), 1)
-    vmx_pf = pc.and_(pc.starts_with(reason, "EXCEPTION_NMI"),
-                     pc.equal(pc.bit_wise_and(values["intr"], pa.scalar(0xFF, pa.uint64())), PF_VECTOR)) \
-        if values else pa.array([], pa.bool_())
-    pf = pc.or_(vmx_pf.fill_null(False), pc.equal(reason, "PF excp").fill_null(False))
-    return pa.table({"key": b.key[sel], "pos": b.pos[sel], "pf_exit": pf, "row": np.full(int(sel.sum()), -1)})
+    values, sel = _parse_args(p, b, "kvm_exit", KVM_EXIT, sel, args)
+    n = int(sel.sum())
+    p.context["kvm_exit"] = p.context.get("kvm_exit", 0) + n
+    if n == 0:
+        return pa.table({"key": pa.array([], pa.int64()), "pos": pa.array([], pa.int64()),
+                         "pf_exit": pa.array([], pa.bool_()), "row": pa.array([], pa.int64())})
+    vector = pc.bit_wise_and(values["intr"], pa.scalar(0xFF, pa.uint64()))
+    vmx_pf = pc.and_(pc.equal(values["reason"], "EXCEPTION_NMI"), pc.equal(vector, PF_VECTOR))
+    svm_pf = pc.and_(pc.equal(values["reason"], "PF"), pc.equal(values["reason2"], "excp"))
+    pf = pc.or_(vmx_pf.fill_null(False), svm_pf.fill_null(False))
+    return pa.table({"key": b.key[sel], "pos": b.pos[sel], "pf_exit": pf, "row": np.full(n, -1)})
 
 
 def _fault_rows(p: Parse, exits: list[pa.Table], faults: pa.Table | None) -> None:
@@ -445,14 +454,15 @@ def parse(paths: list[Path], staging: Path, *, skip_bad: bool = False) -> tuple[
     for path in paths:
         info = InputFile(Path(path))
         inputs.append(info)
-        held: tuple[pa.Array, int] | None = None  # the last line waits: the next block may continue it
+        held: tuple[pa.Array, int] | None = None  # a block's last line is parsed with the next block
+        p.first_line_consumed = False
         for lines, first in line_batches(Path(path), info):
             if held is not None:
                 lines, first = pa.concat_arrays([held[0], lines]), held[1]
             held = (lines.slice(len(lines) - 1), first + len(lines) - 1)
-            _run_batch(p, Path(path), lines.slice(0, len(lines) - 1), first)
+            _run_batch(p, Path(path), lines, first, lookahead=1)
         if held is not None:
-            _run_batch(p, Path(path), held[0], held[1])
+            _run_batch(p, Path(path), held[0], held[1], lookahead=0)
     _syscall_rows(p, p.syscalls.feed([], final=True))
     for s in p.staged.values():
         s.close()
@@ -463,10 +473,10 @@ def parse(paths: list[Path], staging: Path, *, skip_bad: bool = False) -> tuple[
     return p, inputs
 
 
-def _run_batch(p: Parse, path: Path, lines: pa.Array, first: int) -> None:
-    if len(lines):
+def _run_batch(p: Parse, path: Path, lines: pa.Array, first: int, lookahead: int) -> None:
+    if len(lines) > lookahead:
         try:
-            _batch(p, path, lines, first)
+            _batch(p, path, lines, first, lookahead)
         except TraceFormatError:
             raise
         except ValueError as e:

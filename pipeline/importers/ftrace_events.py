@@ -111,12 +111,14 @@ EVENTS: dict[str, EventSpec] = {
 }
 
 # kvm_exit: 'vcpu %u reason %s%s%s rip 0x%lx info1 0x%016llx info2 0x%016llx intr_info 0x%08x error_code
-# 0x%08x' (5.13+), 'reason %s rip 0x%lx info %llx %llx' before (VMX's info2 there is the interrupt info).
-# The reason may hold spaces (SVM's "PF excp"), so the text is cut at ' rip ' first. Only read to tell a
-# #PF intercept (VMX EXCEPTION_NMI with vector 14, SVM 'PF excp') from the rest.
-KVM_EXIT_HEAD = (Template("vcpu {vcpu:d} reason ..."), Template("reason ..."))
-KVM_EXIT_TAIL = (Template("{rip:x} info1 {info1:x} info2 {info2:x} intr_info {intr:x} error_code {ec:x}"),
-                 Template("{rip:x} info {info1:x} {intr:x}"))
+# 0x%08x' (5.13+), 'vcpu %u reason %s rip 0x%lx info %llx %llx' and 'reason %s rip 0x%lx info %llx %llx'
+# before (VMX's second info there is the interrupt info). SVM reasons can be two words ('PF excp').
+# Only read to tell a #PF intercept (VMX EXCEPTION_NMI with vector 14, SVM 'PF excp') from the rest.
+_EXIT_HEADS = ("vcpu {vcpu:d} reason {reason:s}", "reason {reason:s}",
+               "vcpu {vcpu:d} reason {reason:s} {reason2:s}", "reason {reason:s} {reason2:s}")
+_EXIT_TAILS = ("rip {rip:x} info1 {info1:x} info2 {info2:x} intr_info {intr:x} error_code {ec:x}",
+               "rip {rip:x} info {info1:x} {intr:x}")
+KVM_EXIT = tuple(Template(f"{head} {tail}") for head in _EXIT_HEADS for tail in _EXIT_TAILS)
 
 # syscall tracepoints: 'sys_NAME(arg: HEX, ...)' and 'sys_NAME -> 0xRET'; hex with or without 0x
 SYSCALL_ARGS = {
