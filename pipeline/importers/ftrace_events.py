@@ -13,7 +13,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.constants import SPTE_MMU_PRESENT_MASK, SPTE_PFN_MASK
+from pipeline.constants import PFERR_WRITE_MASK, SPTE_BASE_ADDR_MASK, SPTE_MMU_PRESENT_MASK
 from pipeline.importers.ftrace_template import Template
 
 Fields = dict[str, pa.Array]
@@ -40,7 +40,7 @@ def _gpa(gfn: pa.Array) -> pa.Array:
 
 
 def _pfn(spte: pa.Array) -> pa.Array:
-    return pc.shift_right(pc.bit_wise_and(spte, _u64(SPTE_PFN_MASK)), _u64(12))
+    return pc.shift_right(pc.bit_wise_and(spte, _u64(SPTE_BASE_ADDR_MASK)), _u64(12))
 
 
 def _pfn_if_present(spte: pa.Array) -> pa.Array:
@@ -52,7 +52,7 @@ def _pfn_if_present(spte: pa.Array) -> pa.Array:
 def _page_fault(f: Fields) -> Columns:
     return {"via": "page_fault", "vcpu": f["vcpu"], "gpa": f["addr"], "error_code": f["err"],
             # bit 1 is "write" both in the #PF error code and in VMX's EPT-violation qualification
-            "write": pc.not_equal(pc.bit_wise_and(f["err"], _u64(2)), 0)}
+            "write": pc.not_equal(pc.bit_wise_and(f["err"], _u64(PFERR_WRITE_MASK)), 0)}
 
 
 def _dirty_ring_push(f: Fields) -> Columns:
