@@ -47,6 +47,7 @@ from pipeline.importers.ftrace_pairing import SYSCALLS, FaultPairing, SyscallPai
 from pipeline.importers.ftrace_pids import assign_pids, parse_pid_options
 from pipeline.importers.ftrace_prefix import event_fields
 from pipeline.importers.ftrace_template import Template, match_any
+from pipeline.manifest import clock as manifest_clock
 from pipeline.runstore import RunWriter, conform
 from pipeline.schema import FAMILY_BY_NAME
 
@@ -486,25 +487,20 @@ def _run_batch(p: Parse, path: Path, lines: pa.Array, first: int, lookahead: int
 # -- into the run ------------------------------------------------------------------------------------
 
 def clock_of(p: Parse, trace_clock: str | None, clock_offset_ns: int | None, where: str) -> dict[str, Any]:
-    for name in (trace_clock, p.stated_clock):
-        if name is not None and name not in CLOCKS:
-            raise TraceFormatError(where, 0, f"unknown trace clock {name!r}; one of {', '.join(CLOCKS)}")
-    if trace_clock and p.stated_clock and trace_clock != p.stated_clock:
+    """The session's clock: what the trace states or --trace-clock says, never assumed."""
+    if p.stated_clock and trace_clock and trace_clock != p.stated_clock:
         raise TraceFormatError(where, 0, f"--trace-clock {trace_clock} but the trace says it was recorded "
                                          f"with {p.stated_clock}")
-    clock = trace_clock or p.stated_clock
-    source = (f"ftrace trace_clock {clock} ({'stated in the trace' if p.stated_clock else '--trace-clock'})"
-              if clock else "ftrace: trace_clock not stated (times are relative within the file)")
-    if p.raw_counter_times and clock not in ("counter", "x86-tsc"):
+    name = trace_clock or p.stated_clock
+    source = (f"ftrace trace_clock {name} ({'stated in the trace' if p.stated_clock else '--trace-clock'})"
+              if name else "ftrace: trace_clock not stated (times are relative within the file)")
+    if p.raw_counter_times and name not in ("counter", "x86-tsc"):
         source += "; some times are raw counter values"
     if clock_offset_ns is not None:
-        domain, alignment, offset = "monotonic", "given", clock_offset_ns
-    elif clock == "mono":
-        domain, alignment, offset = "monotonic", "none", 0
-    else:
-        domain, alignment, offset = "relative", "none", None
-    return {"domain": domain, "source": source, "alignment": alignment, "offset_ns": offset,
-            "residual_ns": None, "matched_events": 0, "trace_clock": clock}
+        return manifest_clock("monotonic", source + ", --clock-offset", "given", offset_ns=clock_offset_ns)
+    if name == "mono":
+        return manifest_clock("monotonic", source, "none", offset_ns=0)
+    return manifest_clock("relative", source)
 
 
 def import_ftrace(paths: list[Path], run_dir: Path, *, trace_clock: str | None = None,
@@ -532,7 +528,8 @@ def import_ftrace(paths: list[Path], run_dir: Path, *, trace_clock: str | None =
                                       for name, i in parsed.namespaces.items()},
                        "rejoined_lines": parsed.rejoined, "context_events": parsed.context,
                        "not_imported": parsed.not_imported, "exits_without_entry": parsed.syscalls.exits_without_entry,
-                       "event_lines": parsed.event_lines, "lines": parsed.lines},
+                       "event_lines": parsed.event_lines, "lines": parsed.lines,
+                       "trace_clock": trace_clock or parsed.stated_clock},
         }
         shift = clock["offset_ns"] or 0
         with RunWriter(run_dir, source="ftrace", kind="importer", info=info) as w:
