@@ -41,6 +41,8 @@ def test_imports_as_published(trace: Path, tmp_path):
     assert run.manifest["lost"] == want["lost"]
     assert session["clock"]["domain"] == want["clock_domain"] == "relative"  # none of them states its clock
     assert session["pid_from"] == want["pid_from"]
+    lines = session["ftrace"]["lines"]  # every line is accounted for, none dropped silently
+    assert lines["read"] == sum(n for kind, n in lines.items() if kind != "read") == len(trace.read_text().splitlines())
 
 
 def test_gva_only_after_a_pf_intercept():

@@ -46,7 +46,7 @@ from pipeline.importers.ftrace_lines import InputFile, line_batches
 from pipeline.importers.ftrace_pairing import SYSCALLS, FaultPairing, SyscallPairing
 from pipeline.importers.ftrace_pids import assign_pids, parse_pid_options
 from pipeline.importers.ftrace_prefix import event_fields
-from pipeline.importers.ftrace_template import Template, match_any
+from pipeline.importers.ftrace_template import Template, explain, match_any
 from pipeline.manifest import clock as manifest_clock
 from pipeline.runstore import RunWriter, conform
 from pipeline.schema import FAMILY_BY_NAME
@@ -125,9 +125,11 @@ class Parse:
     context: dict[str, int] = field(default_factory=dict)
     not_imported: dict[str, int] = field(default_factory=dict)
     non_trace: int = 0
+    other_lines: dict[str, int] = field(default_factory=lambda: {"header": 0, "blank": 0, "lost": 0, "clock": 0})
     non_trace_first: list[tuple[str, int]] = field(default_factory=list)
     rejoined: int = 0
     bad: list[str] = field(default_factory=list)
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)  # this batch's (line, file, why)
     lost: list[dict[str, Any]] = field(default_factory=list)
     stated_clock: str | None = None
     event_lines: int = 0
@@ -155,9 +157,9 @@ class Parse:
         self.staged[family].add(table)
 
     def reject(self, where: tuple[str, int], message: str) -> None:
-        if not self.skip_bad:
-            raise TraceFormatError(where[0], where[1], message)
-        self.bad.append(f"{where[0]}:{where[1]}: {message}")
+        """A line that cannot be imported: kept for --skip-bad, else raised once its batch is read
+        (the first in the file, whichever check found it)."""
+        self.rejected.append((where[1], where[0], message))
 
     def namespace(self, prefix: str) -> int:
         if prefix not in self.namespaces:
@@ -222,6 +224,8 @@ def _other_lines(p: Parse, path: Path, text: pa.Array, lineno: np.ndarray, consu
         else:
             is_clock[i] = False  # bracketed words that are not tracefs's clock list
     rest = ~(blank | header | is_lost | is_clock | consumed)
+    for kind, mask in (("blank", blank), ("header", header & ~blank), ("lost", is_lost), ("clock", is_clock)):
+        p.other_lines[kind] += int((mask & ~consumed).sum())
     count = int(rest.sum())
     if count:
         p.non_trace += count
@@ -329,8 +333,8 @@ def _parse_args(p: Parse, b: Batch, what: str, layouts: tuple[Template, ...], se
                 p.rejoined += 1
                 continue
         p.reject((str(b.path), int(b.lineno[where[j]])),
-                 f"{what}: arguments {fixed[j]!r} do not match its format "
-                 f"({' or '.join(repr(t.text) for t in layouts)}: {layouts[0].mismatch(fixed[j])})")
+                 f"{what}: arguments {fixed[j]!r} do not match its format ({explain(layouts, fixed[j])}; "
+                 f"layouts: {' | '.join(t.text for t in layouts)})")
     ok, values = match_any(layouts, pa.array(fixed, pa.string()))
     keep = sel.copy()
     keep[where[~ok]] = False
@@ -482,6 +486,12 @@ def _run_batch(p: Parse, path: Path, lines: pa.Array, first: int, lookahead: int
             raise
         except ValueError as e:
             raise TraceFormatError(str(path), first, str(e)) from None
+        p.rejected.sort()
+        if p.rejected and not p.skip_bad:
+            line, where, message = p.rejected[0]
+            raise TraceFormatError(where, line, message)
+        p.bad.extend(f"{where}:{line}: {message}" for line, where, message in p.rejected)
+        p.rejected.clear()
 
 
 # -- into the run ------------------------------------------------------------------------------------
@@ -528,7 +538,8 @@ def import_ftrace(paths: list[Path], run_dir: Path, *, trace_clock: str | None =
                                       for name, i in parsed.namespaces.items()},
                        "rejoined_lines": parsed.rejoined, "context_events": parsed.context,
                        "not_imported": parsed.not_imported, "exits_without_entry": parsed.syscalls.exits_without_entry,
-                       "event_lines": parsed.event_lines, "lines": parsed.lines,
+                       "lines": {"read": parsed.lines, "event": parsed.event_lines, **parsed.other_lines,
+                                 "non_trace": parsed.non_trace, "rejoined": parsed.rejoined},
                        "trace_clock": trace_clock or parsed.stated_clock},
         }
         shift = clock["offset_ns"] or 0

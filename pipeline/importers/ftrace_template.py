@@ -127,17 +127,23 @@ class Template:
         keep = pa.array(good)
         return ok, {k: v.filter(keep) for k, v in values.items()}
 
-    def mismatch(self, args: str) -> str:
-        """Why one argument string does not match: the first token or field that differs."""
+    def mismatch(self, args: str) -> tuple[int, str]:
+        """Why one argument string does not match: how many words did, and the first that differs."""
         words = args.split(" ")
         for i, tok in enumerate(self.tokens):
             if i >= len(words):
-                return f"field {tok.name or tok.literal!r} missing"
-            ok, _ = Template(" ".join(t for t in self.text.split(" ")[i:i + 1])).match(pa.array([words[i]]))
+                return i, f"field {tok.name or tok.literal!r} missing"
+            ok, _ = Template(self.text.split(" ")[i]).match(pa.array([words[i]]))
             if not ok[0]:
-                return f"field {tok.name!r}: {words[i]!r} is not {_TYPES[tok.type]}" if tok.literal is None \
-                    else f"expected {tok.literal!r}, found {words[i]!r}"
-        return f"{len(words) - len(self.tokens)} unexpected trailing word(s)"
+                return i, (f"field {tok.name!r}: {words[i]!r} is not {_TYPES[tok.type]}" if tok.literal is None
+                           else f"expected {tok.literal!r}, found {words[i]!r}")
+        return len(self.tokens), f"{len(words) - len(self.tokens)} unexpected trailing word(s)"
+
+
+def explain(templates: tuple[Template, ...], args: str) -> str:
+    """The mismatch against the layout that matched furthest (on a tie, the one as long as the text)."""
+    words = len(args.split(" "))
+    return max(((*t.mismatch(args), len(t.tokens) == words) for t in templates), key=lambda m: (m[0], m[2]))[1]
 
 
 _TYPES = {"x": "a hex number of at most 64 bits", "d": "an unsigned decimal of at most 64 bits",
