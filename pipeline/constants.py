@@ -108,6 +108,14 @@ CONSTANTS: dict[str, dict[str, int]] = {
         "KVM_MMU_PAGE_ROLE_LEVEL_MASK": 0xF,
         "KVM_TRACE_MMIO_WRITE": 2,
     },
+    # x86 exception vector of a page fault (#PF)
+    "x86": {
+        "PF_VECTOR": 14,
+    },
+    # Largest pid the kernel hands out (PID_MAX_LIMIT on 64-bit, include/linux/threads.h)
+    "linux": {
+        "PID_MAX_LIMIT": 4 * 1024 * 1024,
+    },
 }
 
 _ALL = {name: value for group in CONSTANTS.values() for name, value in group.items()}
