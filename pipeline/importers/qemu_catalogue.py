@@ -65,6 +65,22 @@ class Event:
             alts.append("".join(out))
         return r"^\s*(?:" + "|".join(alts) + ")" + EXTRA + r"\s*$"
 
+    def token_plan(self, gen: int) -> list[tuple[str, str, str, str]] | None:
+        """The format cut at spaces: per token (literal, "") or (field, type, text before, text after).
+
+        None when a token holds two fields (nothing to cut them apart with but a pattern)."""
+        plan = []
+        for token in self.formats[gen].split():
+            found = _PLACEHOLDER.findall(token)
+            if not found:
+                plan.append((token, "", "", ""))
+            elif len(found) > 1:
+                return None
+            else:
+                before, after = _PLACEHOLDER.split(token)[0], _PLACEHOLDER.split(token)[-1]
+                plan.append((found[0][0], found[0][1], before, after))
+        return plan
+
     def field_prefixes(self, gen: int) -> list[tuple[str, str, str]]:
         """(field, pattern of the format up to that field and the text after it (or the line's end),
         pattern of the format up to the text before the field)."""
@@ -98,17 +114,59 @@ def first_bad_field(event: Event, args: str) -> tuple[str, str]:
     return best[0], best[1]
 
 
-def typed_field(event: Event, name: str) -> tuple[str, str]:
-    """(DuckDB expression of the field's value, expression true when the line carries it)."""
+def _token_text(plan: list[tuple[str, str, str, str]], name: str) -> str | None:
+    for i, (tok, typ, before, after) in enumerate(plan, 1):
+        if typ and tok == name:
+            return f"tk[{i}][{len(before) + 1}:{-len(after) - 1 if after else -1}]"
+    return None
+
+
+def token_generation(event: Event) -> str:
+    """DuckDB expression: the generation whose spaces and literal tokens a line's `tk` (its arguments
+    split at spaces) fits, else NULL (the line then goes through the pattern's capture groups)."""
+    cases = []
+    for gen in range(len(event.formats)):
+        plan = event.token_plan(gen)
+        if plan is None:
+            continue
+        if not plan:
+            cases.append(f"WHEN trim(args) = '' THEN {gen}")
+            continue
+        conds = [f"len(tk) = {len(plan)}"]
+        for i, (tok, typ, before, after) in enumerate(plan, 1):
+            if not typ:
+                conds.append(f"tk[{i}] = '{tok}'")
+            else:
+                if before:
+                    conds.append(f"starts_with(tk[{i}], '{before}')")
+                if after:
+                    conds.append(f"ends_with(tk[{i}], '{after}')")
+                conds.append(f"length(tk[{i}]) > {len(before) + len(after)}")
+        cases.append(f"WHEN {' AND '.join(conds)} THEN {gen}")
+    return f"CASE {' '.join(cases)} END" if cases else "NULL::INTEGER"
+
+
+def field_text(event: Event, name: str) -> str:
+    """DuckDB expression of a field's text (NULL when the line does not carry it).
+
+    The text comes from the line's tokens when `tgen` (its token generation) is known, else from
+    the pattern's capture groups (`m`, extracted only for those lines)."""
+    texts = []
+    for g, fmt in enumerate(event.formats):
+        if "{" + name + ":" not in fmt:
+            continue
+        plan = event.token_plan(g)
+        token = _token_text(plan, name) if plan else None
+        captured = f"m['{name}__{g}']"
+        from_token = f"WHEN tgen = {g} THEN {token} " if token else ""
+        texts.append(f"CASE {from_token}WHEN tgen IS NULL THEN nullif({captured}, '') END")
+    return texts[0] if len(texts) == 1 else "coalesce(" + ", ".join(texts) + ")"
+
+
+def field_value(event: Event, name: str) -> str:
+    """DuckDB expression of a field's typed value from its text column t_<name>."""
     typ = event.fields[name]
-    gens = [g for g, fmt in enumerate(event.formats) if "{" + name + ":" in fmt]
-    texts = [f"nullif(m['{name}__{g}'], '')" for g in gens]
-    if typ == "s":   # an empty string is a value: '' when no generation carries it non-empty
-        value = "coalesce(" + ", ".join(texts + ["''"]) + ")"
-    else:
-        value = "coalesce(" + ", ".join(_TYPES[typ][1].format(g=t) for t in texts) + ")"
-    present = "(" + " OR ".join(f"m['{name}__{g}'] <> ''" for g in gens) + ")"
-    return value, present
+    return _TYPES[typ][1].format(g=f"t_{name}") if typ != "s" else f"coalesce(t_{name}, '')"
 
 
 _RUN_NR = KVM_RUN & 0xFFFF   # type 0xAE, nr 0x80

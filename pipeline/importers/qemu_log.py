@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.importers import InputFile, TraceFormatError, line_batches
-from pipeline.importers.qemu_catalogue import EVENTS, Event, first_bad_field, typed_field
+from pipeline.importers.qemu_catalogue import EVENTS, Event, field_text, field_value, first_bad_field, token_generation
 from pipeline.importers.qemu_prefixes import envelope_sql, group_names, sql_list, sql_str
 from pipeline.runstore import RunWriter, open_run
 from pipeline.schema import FAMILY_BY_NAME, ENVELOPE
@@ -60,6 +60,9 @@ _STAGE_ENVELOPE = {"file_idx": "INTEGER", "line_no": "BIGINT", "seq": "BIGINT", 
                    "ident": "VARCHAR"}
 
 
+ENVELOPE_SQL = envelope_sql("lines_b")
+
+
 def _family_columns(family: str) -> dict[str, str]:
     return {f.name: _DUCK[f.type] for f in FAMILY_BY_NAME[family].schema if f.name not in _ENVELOPE_NAMES}
 
@@ -69,28 +72,36 @@ def _incl_refs(expr: str) -> list[str]:
 
 
 def event_sql(ev: Event) -> str:
-    """SQL over the batch's `env` rows of one event: its parsed, typed family columns, and `bad`
-    naming the first field that does not parse or fit its column (NULL for a good line)."""
+    """SQL over the batch's `env` rows of one event: its parsed, typed family columns, `bad` naming
+    the first field that does not parse or fit its column (NULL for a good line), `keep` (the row
+    belongs in the family) and `extra` (trailing key=value arguments of other QEMU versions).
+
+    Whether a line fits QEMU's format is the anchored pattern (RE2 without captures, a DFA); the
+    values are cut from the line's space-separated tokens, capture groups only run for lines
+    whose tokens do not line up with a format (extra arguments, doubled spaces)."""
     pattern = ev.pattern()
+    p_sql = sql_str(pattern)
     fam_types = _family_columns(ev.family)
-    typed = {f: typed_field(ev, f) for f in ev.fields}
-    f_cols = "".join(f", {value} AS f_{f}, {present} AS p_{f}" for f, (value, present) in typed.items())
-    c_cols = "".join(f", TRY_CAST(TRY({expr}) AS {fam_types[c]}) AS {c}" for c, expr in ev.columns.items())
+    t_cols = "".join(f", {field_text(ev, f)} AS t_{f}" for f in ev.fields)
+    f_cols = "".join(f", {field_value(ev, f)} AS f_{f}" for f in ev.fields)
+    # TRY() only around arithmetic, which may overflow on a hostile line; it costs on every row.
+    c_cols = "".join(f", TRY_CAST({f'TRY({expr})' if re.search(r'[-+*&>]', expr) else expr} AS {fam_types[c]}) AS {c}"
+                     for c, expr in ev.columns.items())
     checks = ["WHEN NOT ok THEN 'arguments'"]
-    checks += [f"WHEN p_{f} AND f_{f} IS NULL THEN '{f}'" for f in ev.fields if ev.fields[f] != "s"]
+    checks += [f"WHEN t_{f} IS NOT NULL AND f_{f} IS NULL THEN '{f}'" for f in ev.fields if ev.fields[f] != "s"]
     for c, expr in ev.columns.items():
-        refs = _incl_refs(expr)
-        given = " AND ".join(f"f_{r} IS NOT NULL" for r in refs) or "true"
+        given = " AND ".join(f"f_{r} IS NOT NULL" for r in _incl_refs(expr)) or "true"
         checks.append(f"WHEN {given} AND {c} IS NULL THEN '{c}'")
-    where = ev.where or "true"
     return f"""
-    SELECT *, CASE {' '.join(checks)} END AS bad, coalesce({where}, false) AS keep FROM (
-        SELECT *{c_cols} FROM (
-            SELECT *{f_cols} FROM (
-                SELECT line_no, tid, tname, t_ns, t_kind, pid_hint, ident, args,
-                       regexp_full_match(args, {sql_str(pattern)}) AS ok,
-                       regexp_extract(args, {sql_str(pattern)}, {sql_list(group_names(pattern))}) AS m
-                FROM env WHERE event = {sql_str(ev.name)})))"""
+    SELECT *, CASE {' '.join(checks)} END AS bad, coalesce({ev.where or 'true'}, false) AS keep FROM (
+      SELECT *{c_cols} FROM (
+        SELECT *{f_cols} FROM (
+          SELECT *{t_cols}, coalesce(m['extra'], '') AS extra FROM (
+            SELECT *, CASE WHEN tgen IS NULL AND ok THEN regexp_extract(args, {p_sql}, {sql_list(group_names(pattern))})
+                      END AS m FROM (
+            SELECT *, regexp_full_match(args, {p_sql}) AS ok, {token_generation(ev)} AS tgen FROM (
+              SELECT line_no, tid, tname, t_ns, t_kind, pid_hint, ident, args, string_split(trim(args), ' ') AS tk
+              FROM env WHERE event = {sql_str(ev.name)}))))))"""
 
 
 @dataclass
@@ -121,6 +132,7 @@ class _Stage:
                                   config={"memory_limit": "600MB", "temp_directory": str(folder / "spill"),
                                           "preserve_insertion_order": "false"})
         self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")
         self.tables: set[str] = set()
         self.sql = {name: event_sql(ev) for name, ev in EVENTS.items()}
 
@@ -138,8 +150,11 @@ def _scan_batch(stage: _Stage, scan: Scan, path: Path, file_idx: int, seq_base: 
     """Parse one batch into the staging tables; returns (trace lines, non-trace lines, first non-trace)."""
     con = stage.con
     batch = pa.table({"line_no": pa.array(np.arange(first, first + len(lines), dtype=np.int64)), "line": lines})
+    # Record batches of their own let DuckDB scan the batch on every core.
+    batch = pa.Table.from_batches(batch.to_batches(max_chunksize=32_768))
     con.register("lines_b", batch)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE env AS {envelope_sql('lines_b')}")
+    for statement in ENVELOPE_SQL:
+        con.execute(statement)
     con.unregister("lines_b")
 
     n_trace, n_other = con.execute(
@@ -191,8 +206,8 @@ def _scan_batch(stage: _Stage, scan: Scan, path: Path, file_idx: int, seq_base: 
         if filtered:
             scan.filtered[name] += filtered
         extras = [k for (k,) in con.execute(
-            "SELECT DISTINCT unnest(regexp_extract_all(m['extra'], '([A-Za-z_][A-Za-z0-9_]*)=', 1)) "
-            "FROM evt WHERE bad IS NULL AND m['extra'] <> ''").fetchall()]
+            "SELECT DISTINCT unnest(regexp_extract_all(extra, '([A-Za-z_][A-Za-z0-9_]*)=', 1)) "
+            "FROM evt WHERE bad IS NULL AND extra <> ''").fetchall()]
         if extras:
             scan.extra_args[name] = sorted(set(scan.extra_args.get(name, [])) | set(extras))
         chosen = [c for c in _family_columns(ev.family) if c in ev.columns and c != "detail"]
@@ -201,7 +216,7 @@ def _scan_batch(stage: _Stage, scan: Scan, path: Path, file_idx: int, seq_base: 
             # Unknown trailing arguments of a QEMU-view event are kept in its free-text detail.
             base = "detail" if "detail" in ev.columns else "NULL"
             chosen.append("detail")
-            select.append(f"concat_ws(' ', {base}, nullif(trim(m['extra']), ''))" if ev.family == "qemu" else base)
+            select.append(f"concat_ws(' ', {base}, nullif(trim(extra), ''))" if ev.family == "qemu" else base)
         table = stage.table(ev.family)
         n = con.execute(
             f"INSERT INTO {table} (file_idx, line_no, seq, tid, tname, t_ns, t_kind, pid_hint, ident, "
