@@ -786,6 +786,9 @@ def _table_from_columns(fam: Family, data: dict[str, Any]) -> pa.Table:
         if isinstance(values, (pa.Array, pa.ChunkedArray)):
             cols[name] = values
             continue
+        if isinstance(values, np.ndarray) and values.dtype != object:  # typed already: no Python per value
+            cols[name] = pa.array(values)
+            continue
         f = fam.schema.field(name) if name in fam.schema.names else None
         try:
             if f is not None and pa.types.is_integer(f.type):
