@@ -4,15 +4,6 @@
  * FUNCTIONS[N] and qemu_return to every return. */
 #include "qemu.h"
 
-BPF_RINGBUF_OUTPUT(qemu_ring, VMT_RING_PAGES);
-BPF_HASH(qemu_inflight, u32, struct qemu_rec, 10240);
-
-static __always_inline void qemu_emit(struct qemu_rec *r)
-{
-    if (qemu_ring.ringbuf_output(r, sizeof(*r), 0))
-        vmt_count_lost(RING_qemu, 1);
-}
-
 static __always_inline int qemu_enter(struct pt_regs *ctx, u32 fn)
 {
     struct qemu_rec r = {};
@@ -23,22 +14,13 @@ static __always_inline int qemu_enter(struct pt_regs *ctx, u32 fn)
     r.arg0 = PT_REGS_PARM1(ctx);
     r.arg1 = PT_REGS_PARM2(ctx);
     r.arg2 = PT_REGS_PARM3(ctx);
-    u32 tid = r.tid;
-    if (qemu_inflight.update(&tid, &r))
-        vmt_count_lost(RING_qemu, 1);
+    qemu_hold(&r);
     return 0;
 }
 
 int qemu_return(struct pt_regs *ctx)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct qemu_rec *r = qemu_inflight.lookup(&tid);
-    if (!r)
-        return 0;
-    r->end_ns = bpf_ktime_get_ns();
-    r->ret = PT_REGS_RC(ctx);
-    qemu_emit(r);
-    qemu_inflight.delete(&tid);
+    qemu_finish(PT_REGS_RC(ctx));
     return 0;
 }
 

@@ -96,5 +96,5 @@ def attach(bpf, binary: str | None) -> tuple[list[str], list[str]]:
 
 COLLECTOR = Collector(
     name="qemu", families=("qemu",), source="qemu.bpf.c", attach=attach,
-    rings=(Ring("qemu", DTYPE, decode, "qemu.h", "qemu_rec"),),
+    rings=(Ring("qemu", DTYPE, decode, "qemu.h", "qemu_rec", pages=4096, inflight=True),),
 )

@@ -23,7 +23,9 @@ def collect(
                                                           "writing these tables (repeatable).")] = None,
     duration: Annotated[Optional[float], typer.Option("--duration", "-d", help="Stop after this many "
                                                       "seconds.")] = None,
-    ring_pages: Annotated[int, typer.Option(help="Pages per BPF ring buffer (power of two).")] = 4096,
+    ring_pages: Annotated[Optional[int], typer.Option(
+        help="Pages per BPF ring buffer, for every ring (power of two) [default: each ring's own size, "
+             "from what its bursts need].", show_default=False)] = None,
     qemu: Annotated[Optional[str], typer.Option("--qemu", help="QEMU binary whose exported functions get "
                                                 "uprobes [default: /usr/bin/qemu-system-x86_64].",
                                                 show_default=False)] = None,

@@ -90,27 +90,38 @@ def import_ftrace_cmd(
     files: Annotated[list[Path], typer.Argument(help="tracefs trace / trace_pipe text or trace-cmd report "
                                                 "output; gzip accepted.", show_default=False)],
     run: RunOpt,
-    trace_clock: Annotated[str, typer.Option(help="The trace_clock the trace was recorded with; mono "
-                                             "gives CLOCK_MONOTONIC times as they are.")] = "mono",
+    trace_clock: Annotated[Optional[str], typer.Option(help="The trace_clock the trace was recorded with, when "
+                                                       "the trace does not say; mono gives CLOCK_MONOTONIC "
+                                                       "[default: the clock the trace states, else times stay "
+                                                       "relative within the file].", show_default=False)] = None,
     clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the trace's "
                                                         "times to get CLOCK_MONOTONIC.",
                                                         show_default=False)] = None,
+    pid: Annotated[Optional[list[str]], typer.Option(help="PID: QEMU's process id for its threads; TID=PID or "
+                                                     "COMM=PID: the process of one thread or thread name "
+                                                     "(repeatable) [default: the TGID column, else QEMU's thread "
+                                                     "names, else thread ids stand in].", show_default=False)] = None,
+    host: Annotated[Optional[str], typer.Option(help="The traced host's name [default: unknown].",
+                                                show_default=False)] = None,
+    kernel: Annotated[Optional[str], typer.Option(help="The traced host's kernel release [default: unknown].",
+                                                  show_default=False)] = None,
     skip_bad: SkipBadOpt = False,
 ) -> None:
-    """Import ftrace text: discards, MMU notifier, KVM faults/MMIO/exits/SPTEs, iommu map/unmap.
+    """Import ftrace text: discards, MMU notifier, KVM faults/MMIO/SPTEs/KVM_RUN, iommu map/unmap.
 
-    Record with options/record-tgid so that process ids are known (otherwise thread ids stand in).
-    A malformed line stops the import with its file and line number unless --skip-bad.
+    Lines that are not trace lines are counted (manifest non_trace_lines), never lost; a known event
+    whose arguments do not match its format stops the import with file, line and field unless
+    --skip-bad. Nothing is written to the run unless the whole input was read.
     """
-    from pipeline.importers.ftrace import import_ftrace
     from pipeline.importers import TraceFormatError
+    from pipeline.importers.ftrace import import_ftrace
 
     try:
-        res = import_ftrace(files, run, trace_clock=trace_clock, clock_offset_ns=clock_offset, skip_bad=skip_bad)
+        res = import_ftrace(files, run, trace_clock=trace_clock, clock_offset_ns=clock_offset, skip_bad=skip_bad,
+                            pids=pid or [], host=host, kernel=kernel)
     except (TraceFormatError, RunError) as e:
         fail(str(e))
-    rows = counts_text(res["rows"])
-    out.print(f"imported into {run}: {rows}; unknown events {sum(res['unknown'].values())}; bad lines "
-              f"{res['bad']}; clock: {res['alignment']}"
-              + ("" if res["tgid"] else "; no TGID column: process ids are thread ids"),
-              markup=False, highlight=False)
+    out.print(f"imported into {run}: {counts_text(res['rows'])}; unknown events {sum(res['unknown'].values())}; "
+              f"non-trace lines {res['non_trace']}; rejoined lines {res['rejoined']}; bad lines {res['bad']}; "
+              f"lost events {res['lost']}; clock: {res['clock']['domain']} ({res['clock']['source']}); "
+              f"processes: {res['pid_from']['summary']}", markup=False, highlight=False)
