@@ -42,7 +42,7 @@ class TracedBinary:
         b = self.binary
         return {"path": b.path, "version": b.version, "dev": b.dev, "inode": b.inode,
                 "usdt_notes": sum(len(s) for s in b.usdt.values()), "probes": self.probes,
-                "pids": self.pids[:MAX_PIDS_LISTED],
+                "pids": self.pids[:MAX_PIDS_LISTED], "attached_ns": self.attached_ns,
                 "attach_delay_ms": None if self.attach_delay_ns is None else round(self.attach_delay_ns / 1e6, 1)}
 
 

@@ -49,7 +49,7 @@ def collect(
     try:
         preflight(mount=mount)
         coll = Collection(run, families=families, pids=pid or [], comm=comm, ring_pages=ring_pages,
-                          follow_command=bool(command), qemu_binaries=qemu or [])
+                          follow_command=bool(command), qemu_binaries=qemu or [], background_detach=True)
     except (CollectError, ValueError) as e:
         fail(str(e))
 
