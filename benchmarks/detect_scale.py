@@ -80,28 +80,40 @@ def build(run: Path, events: int, rng: np.random.Generator) -> None:
                         "size": np.full(half, 2 << 20, np.uint64), "flags": np.zeros(half, np.uint32),
                         "ret": np.zeros(half)})
 
-        # Balloon: discards of random guest pages (0.01% under the DMA mappings), each raising
-        # one invalidation inside its syscall.
-        ts = np.sort(rng.integers(10**9, span, n_discard)).astype(np.int64)
-        page = rng.integers(n_map * 512, SLOTS * SLOT_SIZE // PAGE, n_discard).astype(np.uint64)
-        hit = rng.random(n_discard) < 1e-4
-        page[hit] = rng.integers(0, n_map * 512, int(hit.sum())).astype(np.uint64)
-        hva = HVA0 + page * PAGE
-        w.write("discards", {**envelope(ts, TID_IO, "qemu", "synthetic"), "syscall": pa.repeat(pa.scalar("madvise"), n_discard),
-                             "hva_start": hva, "size": np.full(n_discard, PAGE, np.uint64),
-                             "advice": np.full(n_discard, 4, np.int32), "ret": np.zeros(n_discard),
-                             "end_ns": ts + 2000})
-        w.write("mmu_notifier", {**envelope(ts + 1000, TID_IO, "qemu", "synthetic"),
-                                 "event": pa.repeat(pa.scalar("unmap_hva_range"), n_discard),
-                                 "hva_start": hva, "hva_end": hva + PAGE})
+        # Generated window by window, so that memory stays bounded whatever --events is: a
+        # 100M-event run is written as ~20 windows of ~5M events.
+        windows = max(1, events // 5_000_000)
+        for k in range(windows):
+            lo, hi = 10**9 + k * (span - 10**9) // windows, 10**9 + (k + 1) * (span - 10**9) // windows
+            nd = n_discard // windows + (n_discard % windows if k == windows - 1 else 0)
+            na = n_access // windows + (n_access % windows if k == windows - 1 else 0)
 
-        # vCPU faults with pfns at random GPAs.
-        ts = np.sort(rng.integers(10**9, span, n_access)).astype(np.int64)
-        gpa = GPA0 + rng.integers(0, SLOTS * SLOT_SIZE // PAGE, n_access).astype(np.uint64) * PAGE
-        w.write("guest_accesses", {**envelope(ts, TID_VCPU, "CPU 0/KVM", "synthetic"),
-                                   "via": pa.repeat(pa.scalar("spte_requested"), n_access), "gpa": gpa,
-                                   "write": rng.random(n_access) < 0.5,
-                                   "pfn": rng.integers(1 << 20, 1 << 30, n_access).astype(np.uint64)})
+            # Balloon: discards of random guest pages (0.01% under the DMA mappings), each raising
+            # one invalidation inside its syscall.
+            ts = np.sort(rng.integers(lo, hi, nd)).astype(np.int64)
+            page = rng.integers(n_map * 512, SLOTS * SLOT_SIZE // PAGE, nd).astype(np.uint64)
+            hit = rng.random(nd) < 1e-4
+            page[hit] = rng.integers(0, n_map * 512, int(hit.sum())).astype(np.uint64)
+            hva = HVA0 + page * PAGE
+            w.write("discards", {**envelope(ts, TID_IO, "qemu", "synthetic"),
+                                 "syscall": pa.repeat(pa.scalar("madvise"), nd),
+                                 "hva_start": hva, "size": np.full(nd, PAGE, np.uint64),
+                                 "advice": np.full(nd, 4, np.int32), "ret": np.zeros(nd),
+                                 "end_ns": ts + 2000})
+            w.write("mmu_notifier", {**envelope(ts + 1000, TID_IO, "qemu", "synthetic"),
+                                     "event": pa.repeat(pa.scalar("unmap_hva_range"), nd),
+                                     "hva_start": hva, "hva_end": hva + PAGE})
+            del ts, page, hit, hva
+
+            # vCPU faults with pfns at random GPAs.
+            ts = np.sort(rng.integers(lo, hi, na)).astype(np.int64)
+            gpa = GPA0 + rng.integers(0, SLOTS * SLOT_SIZE // PAGE, na).astype(np.uint64) * PAGE
+            w.write("guest_accesses", {**envelope(ts, TID_VCPU, "CPU 0/KVM", "synthetic"),
+                                       "via": pa.repeat(pa.scalar("spte_requested"), na), "gpa": gpa,
+                                       "write": rng.random(na) < 0.5,
+                                       "pfn": rng.integers(1 << 20, 1 << 30, na).astype(np.uint64)})
+            del ts, gpa
+            w.flush()
 
         # Migration with free page hinting: a bitmap sync every second, hints in between.
         sync = np.arange(10**9, span, 10**9, dtype=np.int64)

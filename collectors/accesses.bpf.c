@@ -1,18 +1,8 @@
 /* accesses: guest memory accesses the host kernel exposes through tracepoints: KVM page faults,
- * SPTE requests/installs/changes (with the pfn), dirty-ring pushes and MMIO. */
+ * SPTE requests/installs/changes (with the pfn), dirty-ring pushes and MMIO; and KVM's zaps, which
+ * are invalidations (via spte_zap, like a change to a non-present SPTE: no pfn). */
 #include "accesses.h"
 
-#define SPTE_PFN_MASK 0x000ffffffffff000ULL
-#define SPTE_MMU_PRESENT (1ULL << 11)  /* KVM's software "shadow present" bit */
-#define PFERR_WRITE (1ULL << 1)
-
-BPF_RINGBUF_OUTPUT(accesses_ring, VMT_RING_PAGES);
-
-static __always_inline void accesses_emit(struct access_rec *r)
-{
-    if (accesses_ring.ringbuf_output(r, sizeof(*r), 0))
-        vmt_count_lost(RING_accesses, 1);
-}
 
 static __always_inline int access_init(struct access_rec *r, u32 via)
 {
@@ -38,7 +28,7 @@ TRACEPOINT_PROBE(kvm, kvm_page_fault)
         return 0;
     r.gpa = args->fault_address;
     r.error_code = args->error_code;
-    r.write = (args->error_code & PFERR_WRITE) ? 1 : 0;
+    r.write = (args->error_code & PFERR_WRITE_MASK) ? 1 : 0;
     r.vcpu = args->vcpu_id;
     accesses_emit(&r);
     return 0;
@@ -66,7 +56,7 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
     if (!access_init(&r, 2))
         return 0;
     r.gpa = args->gfn << 12;
-    r.pfn = (args->spte & SPTE_PFN_MASK) >> 12;
+    r.pfn = (args->spte & SPTE_BASE_ADDR_MASK) >> 12;
     r.level = args->level;
     accesses_emit(&r);
     return 0;
@@ -80,8 +70,8 @@ TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
     if (!access_init(&r, 3))
         return 0;
     r.gpa = args->gfn << 12;
-    if (args->new_spte & SPTE_MMU_PRESENT)
-        r.pfn = (args->new_spte & SPTE_PFN_MASK) >> 12;
+    if (args->new_spte & SPTE_MMU_PRESENT_MASK)
+        r.pfn = (args->new_spte & SPTE_BASE_ADDR_MASK) >> 12;
     r.level = args->level;
     r.as_id = args->as_id;
     accesses_emit(&r);
@@ -111,7 +101,7 @@ TRACEPOINT_PROBE(kvm, kvm_mmio)
     if (!access_init(&r, 5))
         return 0;
     r.gpa = args->gpa;
-    r.write = args->type == 2;  /* KVM_TRACE_MMIO_WRITE */
+    r.write = args->type == KVM_TRACE_MMIO_WRITE;
     accesses_emit(&r);
     return 0;
 }
@@ -125,6 +115,21 @@ TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
     if (!access_init(&r, 6))
         return 0;
     r.error_code = args->reason;
+    accesses_emit(&r);
+    return 0;
+}
+#endif
+
+#ifdef HAVE_KVMMMU_KVM_MMU_PREPARE_ZAP_PAGE
+/* KVM tearing down a shadow page (memslot delete, MMU-notifier invalidation): an invalidation,
+ * never a guest access. gfn is the page's base; its role's low bits give the level. */
+TRACEPOINT_PROBE(kvmmmu, kvm_mmu_prepare_zap_page)
+{
+    struct access_rec r = {};
+    if (!access_init(&r, 7))
+        return 0;
+    r.gpa = args->gfn << 12;
+    r.level = args->role & KVM_MMU_PAGE_ROLE_LEVEL_MASK;
     accesses_emit(&r);
     return 0;
 }

@@ -1,3 +1,4 @@
+#pragma once
 #include "record.h"
 
 #define ACCESS_NONE_U64 0xffffffffffffffffULL

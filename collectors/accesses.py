@@ -1,4 +1,8 @@
-"""Collector of guest accesses the host kernel exposes: faults, SPTEs with pfns, dirty ring, MMIO."""
+"""Collector of guest accesses the host kernel exposes: faults, SPTEs with pfns, dirty ring, MMIO.
+
+Also KVM's own invalidations (spte_zap, and spte_changed to a non-present SPTE, whose pfn is
+null): rows of this family, but not accesses; detectors tell them apart by via and pfn.
+"""
 
 import numpy as np
 import pyarrow as pa
@@ -6,7 +10,8 @@ import pyarrow as pa
 from collectors.base import Collector, Ring, envelope_columns, labels, nullable, record_dtype
 
 # Order matters: accesses.bpf.c stores the index.
-VIA = ("page_fault", "spte_requested", "spte_set", "spte_changed", "dirty_ring_push", "mmio", "userspace_exit")
+VIA = ("page_fault", "spte_requested", "spte_set", "spte_changed", "dirty_ring_push", "mmio", "userspace_exit",
+       "spte_zap")
 NONE64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 DTYPE = record_dtype([("gpa", "<u8"), ("pfn", "<u8"), ("error_code", "<u8"), ("page_offset", "<u8"),
@@ -37,6 +42,7 @@ COLLECTOR = Collector(
     name="accesses", families=("guest_accesses",), source="accesses.bpf.c",
     tracepoints=("kvm:kvm_page_fault", "kvmmmu:kvm_mmu_spte_requested", "kvmmmu:kvm_mmu_set_spte",
                  "kvmmmu:kvm_tdp_mmu_spte_changed", "kvm:kvm_dirty_ring_push", "kvm:kvm_mmio",
-                 "kvm:kvm_userspace_exit"),
-    rings=(Ring("accesses", DTYPE, decode, "accesses.h", "access_rec"),),
+                 "kvm:kvm_userspace_exit", "kvmmmu:kvm_mmu_prepare_zap_page"),
+    # SPTE changes and zaps come in bursts of a memslot's size (a zap of 1 GiB is 262,144 4 KiB SPTEs).
+    rings=(Ring("accesses", DTYPE, decode, "accesses.h", "access_rec", pages=16384),),
 )

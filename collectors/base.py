@@ -4,7 +4,10 @@ A collector is a BPF C file (NAME.bpf.c, its record struct in NAME.h) and a
 `Collector` value in NAME.py: the families it writes, its rings with the numpy
 dtype of each ring's record, the optional tracepoints it uses, and a decode
 function from a numpy record array to Arrow tables. Decoding is whole-array
-numpy/pyarrow work: no Python object per event.
+numpy/pyarrow work: no Python object per event. The ring boilerplate (emit,
+in-flight table) comes from ring_template.h, the ioctl dispatch from
+ioctl.bpf.c, named constants from pipeline/constants.py: nothing else is
+edited to add a collector.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class Ring:
     decode: Callable[[np.ndarray, str], dict[str, pa.Table]]
     header: str                                   # the .h holding the C struct
     struct: str                                   # its C name
+    # Default size in 4 KiB pages (a power of two): what this ring's bursts need between two drains.
+    pages: int = 256
+    inflight: bool = False                        # an entry/exit table (NAME_hold / NAME_finish)
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,11 @@ class Collector:
     source: str                                   # NAME.bpf.c
     requires: tuple[str, ...] = ()                # tracepoints it cannot work without
     tracepoints: tuple[str, ...] = ()             # optional tracepoints, used where present
-    define: str | None = None                     # -D macro enabling ioctl dispatch
-    uses_ioctl: bool = False
+    uses_ioctl: bool = False                      # defines NAME_ioctl_enter / NAME_ioctl_exit
     # Probes bcc does not attach by itself (uprobes): (bpf, binary) -> (attached, missing).
     attach: Callable[[object, str | None], tuple[list[str], list[str]]] | None = None
+    # State that predates the trace, read once per process already running at attach: pid -> tables.
+    snapshot: Callable[[int], dict[str, pa.Table]] | None = None
 
     @property
     def source_name(self) -> str:

@@ -1,8 +1,8 @@
 /* Shared by every vmemtrace collector: the record envelope, the process filter, loss counting.
  *
  * The loader (collectors/program.py) compiles all enabled collectors as one BPF program and
- * defines: RING_<name> (index of each ring), VMT_NRINGS, VMT_RING_PAGES (pages per ring),
- * VMT_FILTER (only processes in traced_pids), VMT_COMM / VMT_COMM_LEN (add processes whose name
+ * defines: RING_<name> (index of each ring), VMT_NRINGS, every named constant of
+ * pipeline/constants.py (MADV_DONTNEED, KVM_RUN, ...: never #define them again in C), VMT_FILTER (only processes in traced_pids), VMT_COMM / VMT_COMM_LEN (add processes whose name
  * starts with it when they exec), and HAVE_<SYSTEM>_<EVENT> for each optional tracepoint this
  * kernel has. Programs read tracepoint fields and user memory only: no kernel structs, because the
  * headers may not match the running kernel.
@@ -23,8 +23,10 @@ static __always_inline void vmt_count_lost(u32 ring, u64 n)
         *c += n;
 }
 
-/* Each collector defines NAME_emit(rec) for its rings: bcc cannot rewrite map calls made inside
- * a macro. It outputs the record and counts it lost when the ring is full. */
+/* Entries of each in-flight table: threads inside a traced call at the same time. */
+#define VMT_INFLIGHT_ENTRIES 10240
+
+/* Each ring's NAME_emit / NAME_hold / NAME_finish helpers come from ring_template.h. */
 
 /* Processes being traced (tgid -> 1) when VMT_FILTER is set; children join at fork. */
 BPF_HASH(traced_pids, u32, u8, 65536);

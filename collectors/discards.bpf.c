@@ -3,23 +3,9 @@
  * emitted at syscall exit with the return value. */
 #include "discards.h"
 
-#define MADV_DONTNEED 4
-#define MADV_FREE 8
-#define MADV_REMOVE 9
-#define MADV_DONTNEED_LOCKED 24
-#define FALLOC_FL_PUNCH_HOLE 0x02
 #define PROCESS_MADVISE_MAX_IOV 8
 
 struct vmt_iovec { u64 base; u64 len; };
-
-BPF_RINGBUF_OUTPUT(discards_ring, VMT_RING_PAGES);
-
-static __always_inline void discards_emit(struct discard_rec *r)
-{
-    if (discards_ring.ringbuf_output(r, sizeof(*r), 0))
-        vmt_count_lost(RING_discards, 1);
-}
-BPF_HASH(discards_inflight, u32, struct discard_rec, 10240);
 
 static __always_inline int is_discard_advice(int b)
 {
@@ -37,31 +23,7 @@ static __always_inline void discard_enter(u32 syscall, u64 start, u64 len, s32 a
     r.len = len;
     r.advice = advice;
     r.fd = fd;
-    u32 tid = r.tid;
-    if (discards_inflight.update(&tid, &r))
-        vmt_count_lost(RING_discards, 1);
-}
-
-static __always_inline struct discard_rec *discard_exit(long ret)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct discard_rec *r = discards_inflight.lookup(&tid);
-    if (!r)
-        return 0;
-    r->end_ns = bpf_ktime_get_ns();
-    r->ret = ret;
-    return r;
-}
-
-/* Emit this thread's in-flight record with the call's return value. */
-static __always_inline void discard_finish(long ret)
-{
-    struct discard_rec *r = discard_exit(ret);
-    if (!r)
-        return;
-    discards_emit(r);
-    u32 tid = r->tid;
-    discards_inflight.delete(&tid);
+    discards_hold(&r);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_madvise)
@@ -74,7 +36,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_madvise)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_madvise)
 {
-    discard_finish(args->ret);
+    discards_finish(args->ret);
     return 0;
 }
 
@@ -87,7 +49,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_fallocate)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_fallocate)
 {
-    discard_finish(args->ret);
+    discards_finish(args->ret);
     return 0;
 }
 
@@ -103,12 +65,11 @@ TRACEPOINT_PROBE(syscalls, sys_enter_process_madvise)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_process_madvise)
 {
-    struct discard_rec *r = discard_exit(args->ret);
+    struct discard_rec *r = discards_exit(args->ret);
     if (!r)
         return 0;
     struct discard_rec out = *r;
-    u32 tid = r->tid;
-    discards_inflight.delete(&tid);
+    discards_release(out.tid);
     u64 vec = out.start, n = out.len;
     out.iov_total = n;
     if (n > PROCESS_MADVISE_MAX_IOV)

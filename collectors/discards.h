@@ -1,3 +1,4 @@
+#pragma once
 #include "record.h"
 
 enum { DISCARD_MADVISE = 0, DISCARD_PROCESS_MADVISE = 1, DISCARD_FALLOCATE = 2 };

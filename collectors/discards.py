@@ -34,5 +34,7 @@ COLLECTOR = Collector(
     requires=("syscalls:sys_enter_madvise", "syscalls:sys_exit_madvise", "syscalls:sys_enter_fallocate",
               "syscalls:sys_exit_fallocate", "syscalls:sys_enter_process_madvise",
               "syscalls:sys_exit_process_madvise"),
-    rings=(Ring("discards", DTYPE, decode, "discards.h", "discard_rec"),),
+    # The ring that floods: a balloon inflate of tens of GiB is millions of madvise calls, issued
+    # faster than one core drains them. Sized from the benchmark (BENCHMARKS.md "Collectors").
+    rings=(Ring("discards", DTYPE, decode, "discards.h", "discard_rec", pages=32768, inflight=True),),
 )

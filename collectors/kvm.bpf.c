@@ -2,11 +2,6 @@
  * (KVM_GET_DIRTY_LOG, KVM_CLEAR_DIRTY_LOG, KVM_RESET_DIRTY_RINGS). Called from ioctl.bpf.c. */
 #include "kvm.h"
 
-#define KVM_GET_DIRTY_LOG              0x4010AE42
-#define KVM_SET_USER_MEMORY_REGION     0x4020AE46
-#define KVM_SET_USER_MEMORY_REGION2    0x40A0AE49
-#define KVM_CLEAR_DIRTY_LOG            0xC018AEC0
-#define KVM_RESET_DIRTY_RINGS          0x0000AEC7
 
 struct vmt_kvm_region2_head {  /* the first 44 bytes of kvm_userspace_memory_region2 */
     u32 slot, flags;
@@ -15,15 +10,6 @@ struct vmt_kvm_region2_head {  /* the first 44 bytes of kvm_userspace_memory_reg
 };
 struct vmt_kvm_dirty_log { u32 slot, padding; u64 bitmap; };
 struct vmt_kvm_clear_dirty_log { u32 slot, num_pages; u64 first_page, bitmap; };
-
-BPF_RINGBUF_OUTPUT(kvm_ring, VMT_RING_PAGES);
-
-static __always_inline void kvm_emit(struct kvm_rec *r)
-{
-    if (kvm_ring.ringbuf_output(r, sizeof(*r), 0))
-        vmt_count_lost(RING_kvm, 1);
-}
-BPF_HASH(kvm_inflight, u32, struct kvm_rec, 10240);
 
 static __always_inline void kvm_ioctl_enter(u32 fd, u32 cmd, u64 arg)
 {
@@ -61,19 +47,10 @@ static __always_inline void kvm_ioctl_enter(u32 fd, u32 cmd, u64 arg)
         r.flags = u.num_pages;
         r.gpa = u.first_page;
     }
-    u32 tid = r.tid;
-    if (kvm_inflight.update(&tid, &r))
-        vmt_count_lost(RING_kvm, 1);
+    kvm_hold(&r);
 }
 
 static __always_inline void kvm_ioctl_exit(long ret)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct kvm_rec *r = kvm_inflight.lookup(&tid);
-    if (!r)
-        return;
-    r->end_ns = bpf_ktime_get_ns();
-    r->ret = ret;
-    kvm_emit(r);
-    kvm_inflight.delete(&tid);
+    kvm_finish(ret);
 }

@@ -1,3 +1,4 @@
+#pragma once
 #include "record.h"
 
 struct kvm_rec {

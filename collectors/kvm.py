@@ -4,12 +4,8 @@ import numpy as np
 import pyarrow as pa
 
 from collectors.base import IOCTL_TRACEPOINTS, Collector, Ring, envelope_columns, labels, nullable, record_dtype
-
-KVM_GET_DIRTY_LOG = 0x4010AE42
-KVM_SET_USER_MEMORY_REGION = 0x4020AE46
-KVM_SET_USER_MEMORY_REGION2 = 0x40A0AE49
-KVM_CLEAR_DIRTY_LOG = 0xC018AEC0
-KVM_RESET_DIRTY_RINGS = 0xAEC7
+from pipeline.constants import (KVM_CLEAR_DIRTY_LOG, KVM_GET_DIRTY_LOG, KVM_RESET_DIRTY_RINGS,
+                                KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2)
 
 DTYPE = record_dtype([("ret", "<i8"), ("cmd", "<u4"), ("fd", "<i4"), ("slot", "<u4"), ("flags", "<u4"),
                       ("gpa", "<u8"), ("size", "<u8"), ("hva", "<u8"), ("gmem_offset", "<u8"),
@@ -59,6 +55,8 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
 
 
 COLLECTOR = Collector(
-    name="kvm", families=("memslots", "dirty_log"), source="kvm.bpf.c", define="VMT_WITH_KVM",
-    uses_ioctl=True, requires=IOCTL_TRACEPOINTS, rings=(Ring("kvm", DTYPE, decode, "kvm.h", "kvm_rec"),),
+    name="kvm", families=("memslots", "dirty_log"), source="kvm.bpf.c",
+    uses_ioctl=True, requires=IOCTL_TRACEPOINTS,
+    # Memslot updates come in tens; dirty-log harvests one per slot per migration pass.
+    rings=(Ring("kvm", DTYPE, decode, "kvm.h", "kvm_rec", pages=256, inflight=True),),
 )

@@ -2,14 +2,6 @@
  * kvm_test_age_hva). They fire in the task that changed the mm: for a madvise, the caller. */
 #include "mmu_notifier.h"
 
-BPF_RINGBUF_OUTPUT(mmu_notifier_ring, VMT_RING_PAGES);
-
-static __always_inline void mmu_notifier_emit(struct mmu_rec *r)
-{
-    if (mmu_notifier_ring.ringbuf_output(r, sizeof(*r), 0))
-        vmt_count_lost(RING_mmu_notifier, 1);
-}
-
 static __always_inline int mmu_emit(u32 event, u64 start, u64 end)
 {
     struct mmu_rec r = {};

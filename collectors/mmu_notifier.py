@@ -19,5 +19,6 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
 COLLECTOR = Collector(
     name="mmu_notifier", families=("mmu_notifier",), source="mmu_notifier.bpf.c",
     tracepoints=("kvm:kvm_unmap_hva_range", "kvm:kvm_age_hva", "kvm:kvm_test_age_hva"),
-    rings=(Ring("mmu_notifier", DTYPE, decode, "mmu_notifier.h", "mmu_rec"),),
+    # Each discard of guest RAM is one kvm_unmap_hva_range: this ring floods with the discards one.
+    rings=(Ring("mmu_notifier", DTYPE, decode, "mmu_notifier.h", "mmu_rec", pages=16384),),
 )

@@ -1,7 +1,7 @@
 """Composes the enabled collectors into one BPF program, compiles it with bcc and opens its rings.
 
 One program, not one per collector: one compile, one process filter map shared by all, and one
-handler per tracepoint (the ioctl syscall feeds two collectors through ioctl.bpf.c).
+handler per tracepoint (the ioctl syscall feeds several collectors through ioctl.bpf.c).
 """
 
 from __future__ import annotations
@@ -9,16 +9,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Template
 
-from collectors import accesses, discards, kvm, mmu_notifier, qemu, vfio
+import pyarrow as pa
+
+from collectors import accesses, discards, file_maps, io_uring, kvm, mmu_notifier, qemu, vcpu_run, vfio
 from collectors.base import Collector, Ring
 from collectors.ringbuf import RingReader
+from pipeline.constants import c_defines
 
 HERE = Path(__file__).resolve().parent
 TRACEFS = Path("/sys/kernel/tracing")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# Constants the kernel headers bcc includes define themselves (same value, different C type).
+KERNEL_DEFINES = {"PAGE_SIZE"}
 
 COLLECTORS: tuple[Collector, ...] = (discards.COLLECTOR, kvm.COLLECTOR, vfio.COLLECTOR,
-                                     mmu_notifier.COLLECTOR, accesses.COLLECTOR, qemu.COLLECTOR)
+                                     mmu_notifier.COLLECTOR, accesses.COLLECTOR, qemu.COLLECTOR,
+                                     io_uring.COLLECTOR, vcpu_run.COLLECTOR, file_maps.COLLECTOR)
 FAMILIES = {fam for c in COLLECTORS for fam in c.families}
 
 
@@ -58,6 +66,20 @@ class Program:
     ring_index: dict[str, int]
     attached: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    ring_bytes: dict[str, int] = field(default_factory=dict)  # memory each ring holds (kernel, pinned)
+
+    @property
+    def ring_memory(self) -> int:
+        """Bytes of kernel memory all rings hold for the whole collection."""
+        return sum(self.ring_bytes.values())
+
+    def snapshot(self, pid: int) -> dict[str, pa.Table]:
+        """What the collectors read about an already-running process at attach (e.g. its mappings)."""
+        out: dict[str, pa.Table] = {}
+        for c in self.collectors:
+            if c.snapshot:
+                out.update(c.snapshot(pid))
+        return out
 
     def add_pid(self, pid: int) -> None:
         import ctypes
@@ -77,7 +99,20 @@ class Program:
         self.bpf.cleanup()
 
 
-def compose(collectors: list[Collector], *, ring_pages: int, filter_pids: bool, comm: str | None
+def ring_sizes(collectors: list[Collector], ring_pages: int | None) -> dict[str, int]:
+    """Pages per ring: each ring's own default, or `ring_pages` for all of them."""
+    return {r.name: ring_pages or r.pages for r, _ in rings_of(collectors)}
+
+
+def _ring_text(ring: Ring, pages: int) -> str:
+    """ring_template.h instantiated for one ring: its emit helper, and its in-flight table if it has one."""
+    sections = dict(part.split("\n", 1) for part in (HERE / "ring_template.h").read_text().split("@@")[1:])
+    text = sections["ring"] + (sections["inflight"] if ring.inflight else "")
+    return (f'#include "{ring.header}"\n'
+            + Template(text).substitute(name=ring.name, struct=ring.struct, pages=pages))
+
+
+def compose(collectors: list[Collector], *, ring_pages: int | None, filter_pids: bool, comm: str | None
             ) -> tuple[str, list[str], list[str], list[str], list[Collector]]:
     """(program text, cflags, attached tracepoints, missing tracepoints, collectors kept)."""
     attached, missing, kept = [], [], []
@@ -91,27 +126,34 @@ def compose(collectors: list[Collector], *, ring_pages: int, filter_pids: bool, 
         for tp in c.tracepoints:
             (attached if tracepoint_exists(tp) else missing).append(tp)
     rings = rings_of(kept)
-    cflags = [f"-I{HERE}", f"-DVMT_RING_PAGES={ring_pages}", f"-DVMT_NRINGS={max(len(rings), 1)}"]
+    sizes = ring_sizes(kept, ring_pages)
+    ioctl = [c.name for c in kept if c.uses_ioctl]
+    cflags = [f"-I{HERE}", f"-DVMT_NRINGS={max(len(rings), 1)}"]
+    cflags += [d for d in c_defines() if d[2:].split("=")[0] not in KERNEL_DEFINES]
     cflags += [f"-DRING_{r.name}={i}" for i, (r, _) in enumerate(rings)]
     cflags += [f"-D{have_macro(tp)}" for tp in attached]
-    cflags += [f"-D{c.define}" for c in kept if c.define]
+    cflags.append("-DVMT_IOCTL_COLLECTORS(X)=" + " ".join(f"X({n})" for n in ioctl))
     if filter_pids:
         cflags.append("-DVMT_FILTER")
     if comm:
         cflags += [f'-DVMT_COMM="{comm[:15]}"', f"-DVMT_COMM_LEN={len(comm[:15])}"]
     # Inlined, not #included: bcc builds tracepoint argument structs only for probes in the main text.
-    files = ["common.h", *(c.source for c in kept)]
-    if any(c.uses_ioctl for c in kept):
-        files.append("ioctl.bpf.c")
-    text = "".join(f"/* {f} */\n" + (HERE / f).read_text() for f in files)
+    parts = [("common.h", (HERE / "common.h").read_text())]
+    for c in kept:
+        parts += [(f"ring_template.h: {r.name}", _ring_text(r, sizes[r.name])) for r in c.rings]
+        parts.append((c.source, (HERE / c.source).read_text()))
+    if ioctl:
+        parts.append(("ioctl.bpf.c", (HERE / "ioctl.bpf.c").read_text()))
+    text = "".join(f"/* {name} */\n{body}" for name, body in parts)
     return text, cflags, sorted(set(attached)), sorted(set(missing)), kept
 
 
-def load(collectors: list[Collector], *, ring_pages: int = 4096, filter_pids: bool = False,
+def load(collectors: list[Collector], *, ring_pages: int | None = None, filter_pids: bool = False,
          comm: str | None = None, qemu_binary: str | None = None) -> Program:
+    """Compile and attach; `ring_pages` overrides every ring's own default size."""
     from bcc import BPF
 
-    if ring_pages <= 0 or ring_pages & (ring_pages - 1):
+    if ring_pages is not None and (ring_pages <= 0 or ring_pages & (ring_pages - 1)):
         raise ValueError(f"--ring-pages must be a power of two, got {ring_pages}")
     text, cflags, attached, missing, kept = compose(collectors, ring_pages=ring_pages,
                                                     filter_pids=filter_pids or bool(comm), comm=comm)
@@ -125,8 +167,8 @@ def load(collectors: list[Collector], *, ring_pages: int = 4096, filter_pids: bo
             more, absent = c.attach(bpf, qemu_binary)
             attached += more
             missing += absent
-    size = ring_pages * os.sysconf("SC_PAGE_SIZE")
     rings = rings_of(kept)
-    readers = [(r, c, RingReader(bpf[f"{r.name}_ring"].map_fd, size, r.dtype)) for r, c in rings]
+    nbytes = {name: pages * PAGE_SIZE for name, pages in ring_sizes(kept, ring_pages).items()}
+    readers = [(r, c, RingReader(bpf[f"{r.name}_ring"].map_fd, nbytes[r.name], r.dtype)) for r, c in rings]
     index = {r.name: i for i, (r, _) in enumerate(rings)}
-    return Program(bpf, kept, readers, index, attached, missing)
+    return Program(bpf, kept, readers, index, attached, missing, nbytes)

@@ -8,16 +8,19 @@
  * qemu_exec_ring so that the collector can attach to QEMUs started later. */
 #include "qemu.h"
 
-BPF_RINGBUF_OUTPUT(qemu_ring, VMT_RING_PAGES);
-BPF_RINGBUF_OUTPUT(qemu_usdt_ring, VMT_RING_PAGES);
+/* qemu_ring and qemu_usdt_ring with their qemu_emit / qemu_usdt_emit come from ring_template.h.
+ * The exec notices are for the collector itself, not a family: a ring of its own, woken per
+ * record, since a QEMU's early calls are missed for as long as its exec waits to be seen. */
 BPF_RINGBUF_OUTPUT(qemu_exec_ring, 16);
 BPF_ARRAY(qemu_exec_lost, u64, 1);
 
+/* Not ring_template.h's in-flight table: keyed by thread and function, since QEMU's probed
+ * functions nest (discards and KVM's commit run inside a memory transaction commit). */
 struct qemu_call_key {
     u32 tid;
-    u32 fn;  /* per function: commits run inside commits, discards inside commits */
+    u32 fn;
 };
-BPF_HASH(qemu_inflight, struct qemu_call_key, struct qemu_rec, 10240);
+BPF_HASH(qemu_inflight, struct qemu_call_key, struct qemu_rec, VMT_INFLIGHT_ENTRIES);
 
 #define QEMU_USDT_SLOTS 60  /* qemu_usdt_0 ... qemu_usdt_59 below */
 BPF_ARRAY(qemu_usdt_spec, struct qemu_usdt_spec, QEMU_USDT_SLOTS);
@@ -55,8 +58,7 @@ static __always_inline int qemu_return(struct pt_regs *ctx, u32 fn)
     }
     r->end_ns = bpf_ktime_get_ns();
     r->ret = PT_REGS_RC(ctx);
-    if (qemu_ring.ringbuf_output(r, sizeof(*r), 0))
-        vmt_count_lost(RING_qemu, 1);
+    qemu_emit(r);
     qemu_inflight.delete(&key);
     return 0;
 }
@@ -108,8 +110,7 @@ static __always_inline int qemu_usdt(struct pt_regs *ctx, u32 slot)
     u32 s = spec->str_arg;
     if (s > 0 && s <= QEMU_USDT_ARGS)
         bpf_probe_read_user_str(r.str, sizeof(r.str), (void *)r.args[(s - 1) & (QEMU_USDT_ARGS - 1)]);
-    if (qemu_usdt_ring.ringbuf_output(&r, sizeof(r), 0))
-        vmt_count_lost(RING_qemu_usdt, 1);
+    qemu_usdt_emit(&r);
     return 0;
 }
 

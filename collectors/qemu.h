@@ -1,3 +1,4 @@
+#pragma once
 #include "record.h"
 
 /* One call of an exported QEMU function (uprobe, emitted at its return). */

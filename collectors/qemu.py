@@ -207,6 +207,7 @@ def decode_usdt(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
 
 COLLECTOR = Collector(
     name="qemu", families=("qemu", "dma"), source="qemu.bpf.c",
-    rings=(Ring("qemu", DTYPE, decode, "qemu.h", "qemu_rec"),
-           Ring("qemu_usdt", USDT_DTYPE, decode_usdt, "qemu.h", "qemu_usdt_rec")),
+    rings=(Ring("qemu", DTYPE, decode, "qemu.h", "qemu_rec", pages=4096),
+           # USDT hits are at most one per balloon page: 1 MiB holds 6,500 per drain.
+           Ring("qemu_usdt", USDT_DTYPE, decode_usdt, "qemu.h", "qemu_usdt_rec", pages=256)),
 )

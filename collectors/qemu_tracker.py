@@ -26,14 +26,14 @@ from collectors.ringbuf import RingReader
 EXEC_DTYPE = record_dtype([])
 EXEC_RING_PAGES = 16      # qemu.bpf.c qemu_exec_ring
 USDT_SLOTS = 60           # qemu.bpf.c QEMU_USDT_SLOTS
-NOT_IN_VERSION = "not in this version"
 MAX_PIDS_LISTED = 64
 
 
 @dataclass
 class TracedBinary:
     binary: QemuBinary
-    probes: dict[str, str]                  # probe -> usdt | uprobe | missing | not in this version
+    probes: dict[str, str]                  # probe -> usdt | uprobe | missing
+    not_in_version: list[str]               # probes this QEMU version predates or postdates
     attached_ns: int                        # CLOCK_MONOTONIC when its probes were in place
     pids: list[int] = field(default_factory=list)
     attach_delay_ns: int | None = None      # from the first exec of it to attached_ns
@@ -42,6 +42,7 @@ class TracedBinary:
         b = self.binary
         return {"path": b.path, "version": b.version, "dev": b.dev, "inode": b.inode,
                 "usdt_notes": sum(len(s) for s in b.usdt.values()), "probes": self.probes,
+                "not_in_version": self.not_in_version,
                 "pids": self.pids[:MAX_PIDS_LISTED], "attached_ns": self.attached_ns,
                 "attach_delay_ms": None if self.attach_delay_ns is None else round(self.attach_delay_ns / 1e6, 1)}
 
@@ -130,14 +131,15 @@ class QemuTracker:
             self.seen[key] = None
             return None
         probes = self._attach_usdt(binary)
+        not_in_version = []
         replaced = {USDT_EVENTS[USDT_BY_NAME[p]].replaces for p, how in probes.items() if how == "usdt"}
         for i, f in enumerate(FUNCTIONS):
             if f.symbol in replaced:
                 continue
             addr = binary.functions.get(f.symbol)
             if addr is None:
-                if binary.in_version(f.since, f.until) is False:
-                    probes.setdefault(f.symbol, NOT_IN_VERSION)
+                if binary.in_version(f.since, f.until) is False:  # expected: not worth a finding
+                    not_in_version.append(f.symbol)
                 else:
                     probes.setdefault(f.symbol, "missing")
                 continue
@@ -146,7 +148,7 @@ class QemuTracker:
             probes[f.symbol] = "uprobe"
         from pipeline.runstore import monotonic_ns
 
-        tb = TracedBinary(binary, dict(sorted(probes.items())), monotonic_ns())
+        tb = TracedBinary(binary, dict(sorted(probes.items())), sorted(not_in_version), monotonic_ns())
         self.seen[key] = tb
         used = [p for p, how in tb.probes.items() if how in ("usdt", "uprobe")]
         label = f"{path} ({binary.version or 'version unknown'})"

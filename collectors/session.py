@@ -25,7 +25,9 @@ from collectors.qemu_tracker import QemuTracker, attached_probes
 from pipeline.runstore import RunError, RunWriter, open_run
 
 
-DRAIN_INTERVAL = 0.025  # seconds; a 16 MiB ring holds ~190k records, 190 ms at 1M events/s
+# Rings never wake the reader (BPF_RB_NO_WAKEUP): they are drained on this timer instead, so a
+# flood costs no wakeup per event. Ring sizes (collectors/*.py) cover a burst between two drains.
+DRAIN_INTERVAL = 0.025
 
 
 class CollectError(Exception):
@@ -101,16 +103,16 @@ def check_run(run_dir: Path) -> int | None:
         run = open_run(run_dir)
     except RunError as e:
         raise CollectError(str(e)) from None
-    if run.state == "running":
-        writer = run.manifest["sessions"][-1].get("writer", {})
-        raise CollectError(f"{run_dir}: another vmemtrace process (pid {writer.get('pid', '?')}) is writing "
-                           "this run; stop it first or collect into another --run")
+    holder = run.writer_pid()
+    if holder is not None:
+        raise CollectError(f"{run_dir}: another vmemtrace process (pid {holder}) is writing this run; "
+                           "stop it first or collect into another --run")
     return len(run.manifest["sessions"])
 
 
 class Collection:
     def __init__(self, run_dir: Path, *, families: list[str] | None = None, pids: list[int] = (),
-                 comm: str | None = None, ring_pages: int = 4096, chunk_rows: int = 262_144,
+                 comm: str | None = None, ring_pages: int | None = None, chunk_rows: int = 262_144,
                  follow_command: bool = False, qemu_binaries: list[str] = (), background_detach: bool = False):
         self.run_dir = run_dir
         self.collectors = prog.for_families(families)
@@ -178,7 +180,7 @@ class Collection:
                 "collectors": [c.name for c in program.collectors],
                 "attached": attached, "missing": missing,
                 "filter": {"pids": self.pids, "comm": self.comm, "command": command, "families": self.families},
-                "ring_pages": self.ring_pages,
+                "ring_pages": self.ring_pages, "ring_bytes": program.ring_bytes,
                 "clock": {"domain": "monotonic", "source": "bpf_ktime_get_ns (CLOCK_MONOTONIC)",
                           "alignment": "none", "offset_ns": None, "residual_ns": None, "matched_events": 0},
                 "traced": self._traced(tracker),
@@ -186,32 +188,30 @@ class Collection:
         except RunError as e:
             raise CollectError(str(e)) from None
         if on_attached:
-            size = self.ring_pages * os.sysconf("SC_PAGE_SIZE")
             on_attached(Attached([c.name for c in program.collectors],
                                  sorted({f for c in program.collectors for f in c.families}),
-                                 attached, missing, len(program.readers), size * len(program.readers),
-                                 appending_to))
+                                 attached, missing, len(program.readers), program.ring_memory, appending_to))
         cpu_at_start = _cpu_seconds()  # after the compile: the figure is the cost of collecting
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         child = None
         status = 0
         try:
+            for pid in initial:
+                for family, table in program.snapshot(pid).items():  # state from before the trace
+                    writer.write(family, table)
             if command:
                 child = _start_gated(command, program.add_pid)
                 writer.update_session(workload_pid=child.pid)
             deadline = time.monotonic() + duration if duration else None
+            # Data rings never wake us (drained on the timer); an exec notice does, so that a QEMU
+            # started now gets its probes within a millisecond or so.
             poller = select.epoll()
-            for _, _, reader in program.readers:
-                poller.register(reader.fd, select.EPOLLIN)
             if tracker is not None:
                 poller.register(tracker.exec_reader.fd, select.EPOLLIN)
             last_report = last_flush = time.monotonic()
             known_binaries = 0
             while not self._stop:
-                poller.poll(0.1)
-                # Batch: the kernel wakes us as soon as we catch up, which at high rates would mean
-                # many tiny batches; one drain per DRAIN_INTERVAL keeps per-batch costs amortised.
-                time.sleep(DRAIN_INTERVAL)
+                poller.poll(DRAIN_INTERVAL)
                 if tracker is not None:
                     tracker.poll()
                 self._drain(program, writer)

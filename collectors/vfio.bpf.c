@@ -4,28 +4,12 @@
  * travels in argsz, so cmd is matched exactly. */
 #include "vfio.h"
 
-#define VFIO_GROUP_SET_CONTAINER   0x3B68
-#define VFIO_GROUP_UNSET_CONTAINER 0x3B69
-#define VFIO_IOMMU_MAP_DMA         0x3B71
-#define VFIO_IOMMU_UNMAP_DMA       0x3B72
-#define VFIO_IOMMU_DIRTY_PAGES     0x3B75
-#define IOMMU_IOAS_MAP             0x3B85
-#define IOMMU_IOAS_UNMAP           0x3B86
 
 struct vmt_vfio_dma_map { u32 argsz, flags; u64 vaddr, iova, size; };
 struct vmt_vfio_dma_unmap { u32 argsz, flags; u64 iova, size; };
 struct vmt_vfio_dirty { u32 argsz, flags; u64 iova, size; };  /* with the _get payload */
 struct vmt_ioas_map { u32 size, flags, ioas_id, reserved; u64 user_va, length, iova; };
 struct vmt_ioas_unmap { u32 size, ioas_id; u64 iova, length; };
-
-BPF_RINGBUF_OUTPUT(vfio_ring, VMT_RING_PAGES);
-
-static __always_inline void vfio_emit(struct vfio_rec *r)
-{
-    if (vfio_ring.ringbuf_output(r, sizeof(*r), 0))
-        vmt_count_lost(RING_vfio, 1);
-}
-BPF_HASH(vfio_inflight, u32, struct vfio_rec, 10240);
 
 static __always_inline void vfio_ioctl_enter(u32 fd, u32 cmd, u64 arg)
 {
@@ -58,7 +42,7 @@ static __always_inline void vfio_ioctl_enter(u32 fd, u32 cmd, u64 arg)
         struct vmt_vfio_dirty u = {};
         bpf_probe_read_user(&u, sizeof(u), (void *)arg);
         r.flags = u.flags;
-        if (u.flags & 4) {  /* GET_BITMAP: the range follows the header */
+        if (u.flags & VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP) {  /* the range follows the header */
             r.iova = u.iova;
             r.size = u.size;
         }
@@ -77,19 +61,14 @@ static __always_inline void vfio_ioctl_enter(u32 fd, u32 cmd, u64 arg)
         r.iova = u.iova;
         r.size = u.length;
     }
-    u32 tid = r.tid;
-    if (vfio_inflight.update(&tid, &r))
-        vmt_count_lost(RING_vfio, 1);
+    vfio_hold(&r);
 }
 
 static __always_inline void vfio_ioctl_exit(long ret)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct vfio_rec *r = vfio_inflight.lookup(&tid);
+    struct vfio_rec *r = vfio_exit(ret);
     if (!r)
         return;
-    r->end_ns = bpf_ktime_get_ns();
-    r->ret = ret;
     if (ret == 0) {  /* outputs the kernel wrote back */
         if (r->cmd == VFIO_IOMMU_UNMAP_DMA)
             bpf_probe_read_user(&r->out, sizeof(r->out), (void *)(r->arg + 16));
@@ -99,15 +78,7 @@ static __always_inline void vfio_ioctl_exit(long ret)
             bpf_probe_read_user(&r->out, sizeof(r->out), (void *)(r->arg + 16));
     }
     vfio_emit(r);
-    vfio_inflight.delete(&tid);
-}
-
-BPF_RINGBUF_OUTPUT(iommu_ring, VMT_RING_PAGES);
-
-static __always_inline void iommu_emit(struct iommu_rec *r)
-{
-    if (iommu_ring.ringbuf_output(r, sizeof(*r), 0))
-        vmt_count_lost(RING_iommu, 1);
+    vfio_release(r->tid);
 }
 
 #ifdef HAVE_IOMMU_MAP

@@ -4,15 +4,10 @@ import numpy as np
 import pyarrow as pa
 
 from collectors.base import IOCTL_TRACEPOINTS, Collector, Ring, envelope_columns, labels, nullable, record_dtype
-
-VFIO_GROUP_SET_CONTAINER = 0x3B68
-VFIO_GROUP_UNSET_CONTAINER = 0x3B69
-VFIO_IOMMU_MAP_DMA = 0x3B71
-VFIO_IOMMU_UNMAP_DMA = 0x3B72
-VFIO_IOMMU_DIRTY_PAGES = 0x3B75
-IOMMU_IOAS_MAP = 0x3B85
-IOMMU_IOAS_UNMAP = 0x3B86
-DIRTY_START, DIRTY_STOP, DIRTY_GET_BITMAP = 1, 2, 4
+from pipeline.constants import (IOMMU_IOAS_MAP, IOMMU_IOAS_UNMAP, VFIO_GROUP_SET_CONTAINER,
+                                VFIO_GROUP_UNSET_CONTAINER, VFIO_IOMMU_DIRTY_PAGES,
+                                VFIO_IOMMU_DIRTY_PAGES_FLAG_START, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,
+                                VFIO_IOMMU_MAP_DMA, VFIO_IOMMU_UNMAP_DMA)
 
 DTYPE = record_dtype([("ret", "<i8"), ("cmd", "<u4"), ("fd", "<i4"), ("flags", "<u4"), ("ioas_id", "<u4"),
                       ("vaddr", "<u8"), ("iova", "<u8"), ("size", "<u8"), ("out", "<u8"), ("arg", "<u8"),
@@ -62,7 +57,8 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
     if dirty.any():
         v = rec[dirty]
         f = v["flags"]
-        code = np.select([f & DIRTY_START != 0, f & DIRTY_STOP != 0], [0, 1], 2)
+        code = np.select([f & VFIO_IOMMU_DIRTY_PAGES_FLAG_START != 0, f & VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP != 0],
+                         [0, 1], 2)
         get = code == 2
         cols = envelope_columns(v, source)
         cols.update(op=labels(("vfio_dirty_start", "vfio_dirty_stop", "vfio_dirty_get_bitmap"), code),
@@ -82,8 +78,10 @@ def decode_iommu(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
 
 
 COLLECTOR = Collector(
-    name="vfio", families=("dma", "vfio_groups", "dirty_log"), source="vfio.bpf.c", define="VMT_WITH_VFIO",
+    name="vfio", families=("dma", "vfio_groups", "dirty_log"), source="vfio.bpf.c",
     uses_ioctl=True, requires=IOCTL_TRACEPOINTS, tracepoints=("iommu:map", "iommu:unmap"),
-    rings=(Ring("vfio", DTYPE, decode, "vfio.h", "vfio_rec"),
-           Ring("iommu", IOMMU_DTYPE, decode_iommu, "vfio.h", "iommu_rec")),
+    # A guest's MAP_DMA calls are few, but the IOMMU maps each physically contiguous chunk:
+    # a 16 GiB guest of scattered 4 KiB pages is millions of iommu:map in one burst.
+    rings=(Ring("vfio", DTYPE, decode, "vfio.h", "vfio_rec", pages=256, inflight=True),
+           Ring("iommu", IOMMU_DTYPE, decode_iommu, "vfio.h", "iommu_rec", pages=8192)),
 )

@@ -73,6 +73,24 @@ CONSTANTS: dict[str, dict[str, int]] = {
     "page": {
         "PAGE_SIZE": 4096,
     },
+    # mmap flags (mman-common.h / mman.h)
+    "mmap": {
+        "MAP_SHARED": 0x01,
+        "MAP_PRIVATE": 0x02,
+        "MAP_ANONYMOUS": 0x20,
+    },
+    # io_uring_register opcode bit saying the fd is a registered ring index, not a file descriptor
+    "io_uring_flags": {
+        "IORING_REGISTER_USE_REGISTERED_RING": 1 << 31,
+    },
+    # x86 KVM: page-fault error code and SPTE bits the kvmmmu tracepoints carry (arch/x86/kvm/mmu/spte.h)
+    "kvm_x86_mmu": {
+        "PFERR_WRITE_MASK": 1 << 1,
+        "SPTE_MMU_PRESENT_MASK": 1 << 11,
+        "SPTE_BASE_ADDR_MASK": 0x000FFFFFFFFFF000,
+        "KVM_MMU_PAGE_ROLE_LEVEL_MASK": 0xF,
+        "KVM_TRACE_MMIO_WRITE": 2,
+    },
 }
 
 _ALL = {name: value for group in CONSTANTS.values() for name, value in group.items()}

@@ -13,8 +13,11 @@ half-open [start, start + size). Times are CLOCK_MONOTONIC nanoseconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMA_VERSION = 2
 
@@ -246,6 +249,140 @@ FAMILIES: tuple[Family, ...] = (
 
 FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
 FAMILY_BY_KIND = {f.kind: f for f in FAMILIES}
+
+
+# -- the write gate ---------------------------------------------------------------------------
+# Every row that reaches disk passes check_rows: writers hand in tables whose integer columns may be
+# wider than the schema's (int64, uint64, decimal256 from loose_int_array), so that a value out of
+# range is seen and named here, with its row, instead of failing inside an Arrow cast.
+
+@dataclass(frozen=True)
+class Violation:
+    """One thing the schema forbids: `row` is the index within the table checked (None: the whole column)."""
+
+    row: int | None
+    column: str
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        where = "" if self.row is None else f"row {self.row}: "
+        return f"{where}field {self.column!r}: {self.message}"
+
+
+def int_bounds(t: pa.DataType) -> tuple[int, int]:
+    """Smallest and largest value of an Arrow integer type."""
+    bits = t.bit_width
+    if pa.types.is_unsigned_integer(t):
+        return 0, (1 << bits) - 1
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+_WIDE = pa.decimal256(76, 0)
+_WIDE_CAP = 10 ** 75
+
+
+def loose_int_array(values: list[int | None]) -> pa.Array:
+    """Python ints as an Arrow array wide enough to hold every one, for check_rows to range-check.
+
+    int64 when they fit, else uint64, else decimal256; beyond +-10^75 a value is clamped to that
+    bound (it is out of every column's range either way, so the gate still refuses its row).
+    """
+    for t in (pa.int64(), pa.uint64(), _WIDE):
+        try:
+            return pa.array(values, t)
+        except (pa.ArrowInvalid, OverflowError):
+            continue
+    # Error path only: some value is beyond decimal256.
+    return pa.array([None if v is None else max(-_WIDE_CAP, min(_WIDE_CAP, v)) for v in values], _WIDE)
+
+
+def _outside(col: pa.Array, lo: int, hi: int) -> pa.Array | None:
+    """Mask of values outside lo..hi (nulls false), or None when col's type cannot hold such values."""
+    t = col.type
+    conds = []
+    if pa.types.is_integer(t):
+        tlo, thi = int_bounds(t)
+        if tlo < lo:
+            conds.append(pc.less(col, pa.scalar(lo, t)))
+        if thi > hi:
+            conds.append(pc.greater(col, pa.scalar(hi, t)))
+    elif pa.types.is_decimal(t):
+        conds = [pc.less(col, pa.scalar(Decimal(lo), t)), pc.greater(col, pa.scalar(Decimal(hi), t))]
+    if not conds:
+        return None
+    mask = conds[0] if len(conds) == 1 else pc.or_(conds[0], conds[1])
+    return pc.fill_null(mask, False)
+
+
+def _type_ok(want: pa.DataType, got: pa.DataType) -> bool:
+    if pa.types.is_null(got):
+        return True
+    if pa.types.is_integer(want):
+        return pa.types.is_integer(got) or (pa.types.is_decimal(got) and got.scale == 0)
+    if pa.types.is_string(want):
+        return pa.types.is_string(got) or pa.types.is_large_string(got)
+    return got == want
+
+
+def _row_violations(mask: pa.Array, col: pa.Array, name: str, message) -> list[Violation]:
+    rows = pc.indices_nonzero(mask)
+    if len(rows) == 0:
+        return []
+    values = pc.take(col, rows).to_pylist()
+    return [Violation(r, name, v, message(v)) for r, v in zip(rows.to_pylist(), values)]
+
+
+def check_rows(fam: Family, table: pa.Table) -> list[Violation]:
+    """Everything in `table` that family `fam` forbids, sorted by row; [] when every row may be written.
+
+    Checked, vectorised per column: unknown and missing required columns, column types, nulls in
+    required columns, enum values, integer ranges of the column's type (event_id: 1 and up).
+    event_id may be absent or null (the run store assigns it).
+    """
+    out: list[Violation] = []
+    for name in table.column_names:
+        if name not in fam.schema.names:
+            out.append(Violation(None, name, None, f"not a column of {fam.name}"))
+    for f in fam.schema:
+        if f.name not in table.column_names:
+            if not f.nullable and f.name != "event_id":
+                out.append(Violation(None, f.name, None, f"required column missing from {fam.name}"))
+            continue
+        col = table.column(f.name).combine_chunks()
+        if not _type_ok(f.type, col.type):
+            out.append(Violation(None, f.name, None, f"has type {col.type}, expected {f.type}"))
+            continue
+        if not f.nullable and f.name != "event_id" and col.null_count:
+            out += _row_violations(pc.is_null(col), col, f.name, lambda v: "must not be null")
+        if pa.types.is_integer(f.type):
+            lo, hi = int_bounds(f.type)
+            if f.name == "event_id":
+                lo = 1
+            mask = _outside(col, lo, hi)
+            if mask is not None:
+                out += _row_violations(mask, col, f.name, lambda v, t=f.type, lo=lo, hi=hi:
+                                       f"{v} is outside {t} ({lo}..{hi})")
+        allowed = field_enum(f)
+        if allowed and not pa.types.is_null(col.type):
+            mask = pc.fill_null(pc.invert(pc.is_in(col, value_set=pa.array(allowed, col.type))), False)
+            out += _row_violations(mask, col, f.name, lambda v, a=allowed: f"{v!r} is not one of {', '.join(a)}")
+    order = {n: i for i, n in enumerate(fam.schema.names)}
+    return sorted(out, key=lambda v: (-1 if v.row is None else v.row, order.get(v.column, -1)))
+
+
+def drop_invalid_rows(fam: Family, table: pa.Table) -> tuple[pa.Table, list[Violation]]:
+    """The rows of `table` check_rows accepts, and the violations of the others (for --skip-bad).
+
+    A whole-column violation (unknown column, wrong type) cannot be skipped row by row: it is
+    returned with the table unfiltered, for the caller to refuse.
+    """
+    violations = check_rows(fam, table)
+    if not violations or any(v.row is None for v in violations):
+        return table, violations
+    bad = pa.array(sorted({v.row for v in violations}), pa.int64())
+    keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=bad))
+    return table.filter(keep), violations
 
 # Findings are stored in the run too; their columns are the public JSON contract.
 FINDING_SCHEMA = pa.schema([

@@ -44,4 +44,4 @@ SELECT 'clock_alignment', 'info', NULL, NULL, start_ns, end_ns, NULL, NULL, NULL
                                         session, source)
            ELSE printf('Session %d (%s) was put on the monotonic clock with an offset given by hand.', session, source)
        END
-FROM sessions WHERE clock_alignment IS NOT NULL AND clock_alignment <> 'native'
+FROM sessions WHERE clock_alignment IS NOT NULL AND clock_alignment NOT IN ('native', 'none')

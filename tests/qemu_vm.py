@@ -67,7 +67,7 @@ class QemuVM:
         if self.proc and self.proc.poll() is None:
             try:
                 self.qmp("quit")
-            except (QMPError, OSError):  # the connection may already be gone
+            except (QMPError, OSError, EOFError):  # QEMU may close the socket before it answers
                 self.proc.terminate()
             try:
                 self.proc.wait(10)

@@ -68,7 +68,7 @@ def test_the_copy_is_the_traced_binary(copied):
     assert binary["version"].startswith("7.2")
     assert copied["pid"] in binary["pids"]
     assert binary["probes"]["qemu_guest_free_page_hint"] == "uprobe"
-    assert binary["probes"]["accel_ioctl_inhibit_begin"] == "not in this version"
+    assert "accel_ioctl_inhibit_begin" in binary["not_in_version"]  # QEMU 8.0's
     assert not any(QEMU in a for a in session["attached"])
     assert f"QEMU {copied['binary']} (7.2" in copied["stderr"]
 

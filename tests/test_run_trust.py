@@ -13,7 +13,8 @@ def test_unclean_missing_probes_and_clock(tmp_path, cli):
     w = RunWriter(run, source="bpf", kind="collector", info={"missing": ["kvm:kvm_age_hva", "uprobe:/q:f"]})
     w.write("discards", {"ts_ns": [1], "pid": [1], "tid": [1], "comm": ["x"], "source": ["bpf:discards"],
                          "syscall": ["madvise"], "hva_start": [0], "size": [4096], "advice": [4]})
-    w.flush()  # the writer is never closed: as if killed
+    w.flush()  # the writer is never closed: as if killed ...
+    del w  # ... and gone, with the writer lock it held
     m = json.loads((run / "manifest.json").read_text())
     m["sessions"][0]["writer"]["pid"] = 2**22 + 12345  # no such process
     (run / "manifest.json").write_text(json.dumps(m))

@@ -100,7 +100,7 @@ def test_manifest_names_the_binary_its_version_and_probes(fired):
         assert probes[p] == "usdt", p
     for p in ("memory_region_transaction_commit", "accel_ioctl_inhibit_begin", "accel_ioctl_inhibit_end"):
         assert probes[p] == "uprobe", p
-    assert probes["qemu_balloon_inhibit"] == "not in this version"        # gone in 5.1
+    assert "qemu_balloon_inhibit" in binary["not_in_version"] and "qemu_balloon_inhibit" not in probes  # gone in 5.1
     assert probes["ram_block_discard_disable"] == "missing"               # 8.1 should have it
     assert probes["virtio_mem_plug_request"] == "missing"                 # a USDT build without it
     assert f"usdt:{fired['exe']}:ram_block_discard_range" in session["attached"]

@@ -26,7 +26,9 @@ def collect(
                                                           "writing these tables (repeatable).")] = None,
     duration: Annotated[Optional[float], typer.Option("--duration", "-d", help="Stop after this many "
                                                       "seconds.")] = None,
-    ring_pages: Annotated[int, typer.Option(help="Pages per BPF ring buffer (power of two).")] = 4096,
+    ring_pages: Annotated[Optional[int], typer.Option(
+        help="Pages per BPF ring buffer, for every ring (power of two) [default: each ring's own size, "
+             "from what its bursts need].", show_default=False)] = None,
     qemu: Annotated[Optional[list[str]], typer.Option("--qemu", help="Also probe this QEMU binary from the "
                                                       "start, before a traced process runs it (repeatable). "
                                                       "Without it, QEMU probes go on the executable of each "
@@ -53,7 +55,10 @@ def collect(
     except (CollectError, ValueError) as e:
         fail(str(e))
 
+    last_line = [0.0]  # when plain progress last printed
+
     def banner(a) -> None:
+        last_line[0] = time.monotonic()
         if command:
             target = f"{' '.join(command)} and its children"
         else:
@@ -81,12 +86,10 @@ def collect(
                               progress=lambda stats: status.update(f"collecting: {line(stats)}"),
                               on_detach=lambda: status.update("detaching..."))
         else:
-            last = [time.monotonic()]
-
             def plain(stats) -> None:
-                if time.monotonic() - last[0] >= PLAIN_PROGRESS_SECONDS:
+                if time.monotonic() - last_line[0] >= PLAIN_PROGRESS_SECONDS:
                     say(f"collecting: {line(stats)}", to_err=True)
-                    last[0] = time.monotonic()
+                    last_line[0] = time.monotonic()
 
             rc = coll.run(command=command, duration=duration, on_attached=banner, progress=plain,
                           on_detach=lambda: say("detaching...", to_err=True), say=lambda m: say(m, to_err=True))

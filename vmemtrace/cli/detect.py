@@ -10,7 +10,9 @@ import typer
 from rich.table import Table
 
 from pipeline.schema import SEVERITIES, severity_rank
-from vmemtrace.cli.common import EXIT_FINDINGS, err, fail, open_or_fail, out
+from vmemtrace.cli.common import EXIT_FINDINGS, cell, fail, open_or_fail, out, progress, say
+
+FORMATS = ("table", "json", "junit")
 
 
 def load_detectors_or_fail():
@@ -22,35 +24,51 @@ def load_detectors_or_fail():
         fail(str(e))
 
 
+def needs_text(d) -> str:
+    return "; ".join(" | ".join(n) for n in d.needs) or "-"
+
+
+def status_text(s: dict) -> str:
+    """A detector's status for people: lacking input is 'not applicable', not an error."""
+    if s["status"] == "not run":
+        return f"n/a: no {'; '.join(s['missing'])} events"
+    if s["status"] == "error":
+        return f"error: {s.get('error')}"
+    return "ran"
+
+
 def detect(
     run: Annotated[Optional[Path], typer.Argument(help="Run directory.", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print findings as a JSON array (the stable "
-                                          "contract documented in the README) instead of a table.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table (for people), json (the stable findings "
+                                     "contract documented in the README) or junit (JUnit XML for CI: one "
+                                     "test case per detector).")] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     fail_on: Annotated[str, typer.Option(help="Exit 1 when a finding is at or above this severity: "
                                          "critical, high, medium, info, or none to always exit 0.")] = "high",
+    baseline: Annotated[Optional[Path], typer.Option(help="A previous `detect --json` output: findings "
+                                                     "in it (same detector, kind, process name and "
+                                                     "guest/device ranges) are reported as known and "
+                                                     "do not fail.", show_default=False)] = None,
     only: Annotated[Optional[list[str]], typer.Option("--detector", "-D",
                                                       help="Run only this detector id (repeatable).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the detectors and exit.")] = False,
 ) -> None:
     """Run the detectors over a run; store findings in RUN/findings/ (Parquet and CSV).
 
-    Prints a summary table, or JSON with --json. Exit 1 when anything at or above
-    --fail-on was found, 0 otherwise, 2 on bad input.
+    Prints a summary table, JSON (--json) or JUnit XML (--format junit). Exit 1 when a finding
+    not in --baseline is at or above --fail-on, 0 otherwise, 2 on bad input.
     """
     from pipeline.findings_store import save_findings
     from queries.runner import DetectorError, run_detectors
+    from reports.baseline import BaselineError, known_flags, load_baseline
 
+    if as_json:
+        fmt = "json"
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     detectors = load_detectors_or_fail()
     if list_:
-        if as_json:
-            print(json.dumps([{"id": d.id, "title": d.title, "severities": list(d.severities),
-                               "needs": [list(n) for n in d.needs], "proves": d.proves,
-                               "file": d.path.name} for d in detectors], indent=2))
-            return
-        t = Table("id", "title", "severities", "needs", show_lines=False)
-        for d in detectors:
-            t.add_row(d.id, d.title, ", ".join(d.severities), "; ".join(" | ".join(n) for n in d.needs))
-        out.print(t)
+        _print_list(detectors, fmt)
         return
     if run is None:
         fail("detect needs a RUN directory (or --list)")
@@ -61,42 +79,63 @@ def detect(
         if unknown:
             fail(f"unknown detector id(s) {', '.join(sorted(unknown))}; see `vmemtrace detect --list`")
         detectors = [d for d in detectors if d.id in only]
+    try:
+        known_keys = load_baseline(baseline) if baseline else set()
+    except BaselineError as e:
+        fail(str(e))
 
     r = open_or_fail(run)
     try:
-        with err.status("running detectors") as status:
-            result = run_detectors(r, detectors, progress=lambda d: status.update(f"running {d.id} {d.title}"))
+        with progress("running detectors", total=len(detectors)) as advance:
+            result = run_detectors(r, detectors, progress=lambda d: advance(description=f"{d.id} {d.title}"))
     except DetectorError as e:
         fail(str(e))
-    save_findings(r, result.findings, [vars(s) for s in result.statuses])
+    statuses = [vars(s) for s in result.statuses]
+    save_findings(r, result.findings, statuses)
     findings = result.findings.to_pylist()
+    known = known_flags(findings, known_keys)
 
-    if as_json:
+    if fmt == "json":
+        if baseline:
+            findings = [{**f, "known": k} for f, k in zip(findings, known)]
         print(json.dumps(findings, indent=2))
-    else:
-        _print_summary(r, result, findings, detectors)
+    elif fmt == "junit":
+        from reports.junit import junit_xml
 
-    if fail_on != "none" and any(severity_rank(f["severity"]) <= severity_rank(fail_on) for f in findings):
+        print(junit_xml(r.path.name, statuses, findings, known, None if fail_on == "none" else fail_on), end="")
+    else:
+        _print_summary(r, statuses, findings, known, detectors)
+
+    if fail_on != "none" and any(not k and severity_rank(f["severity"]) <= severity_rank(fail_on)
+                                 for f, k in zip(findings, known)):
         raise typer.Exit(EXIT_FINDINGS)
 
 
-def _print_summary(r, result, findings, detectors) -> None:
-    if r.state != "clean":
-        err.print(f"warning: run stopped {r.state}; events after the last chunk may be missing",
-                  markup=False, highlight=False)
-    needs = {d.id: "; ".join(" | ".join(n) for n in d.needs) or "-" for d in detectors}
-    t = Table("detector", "needs", "status", "findings")
-    for s in result.statuses:
-        if s.status == "ran":
-            sev = ", ".join(f"{n} {k}" for k, n in sorted(s.by_severity.items(), key=lambda kv: severity_rank(kv[0])))
-            t.add_row(f"{s.id} {s.title}", needs[s.id], "ran", sev or "none")
-        else:
-            t.add_row(f"{s.id} {s.title}", needs[s.id], f"not run: missing {'; '.join(s.missing)}", "-")
+def _print_list(detectors, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps([{"id": d.id, "title": d.title, "severities": list(d.severities),
+                           "needs": [list(n) for n in d.needs], "proves": d.proves,
+                           "file": d.path.name} for d in detectors], indent=2))
+        return
+    t = Table("id", "title", "severities", "needs", show_lines=False)
+    for d in detectors:
+        t.add_row(d.id, d.title, ", ".join(d.severities), needs_text(d))
     out.print(t)
-    for f in findings:
-        out.print(f"[{f['severity']}] {f['detector']} {f['finding_id']}: {f['message']}",
-                  markup=False, highlight=False)
+
+
+def _print_summary(r, statuses, findings, known, detectors) -> None:
+    if r.state != "clean":
+        say(f"warning: run stopped {r.state}; events after the last chunk may be missing", to_err=True)
+    needs = {d.id: needs_text(d) for d in detectors}
+    t = Table("detector", "needs", "status", "findings")
+    for s in statuses:
+        sev = ", ".join(f"{n} {k}" for k, n in sorted(s["by_severity"].items(), key=lambda kv: severity_rank(kv[0])))
+        t.add_row(cell(f"{s['id']} {s['title']}"), cell(needs[s["id"]]), cell(status_text(s)),
+                  cell((sev or "none") if s["status"] == "ran" else "-"))
+    out.print(t)
+    for f, k in zip(findings, known):
+        say(f"[{f['severity']}] {f['detector']} {f['finding_id']}{' (known)' if k else ''}: {f['message']}")
     lost = r.manifest.get("lost", {})
     if lost:
-        out.print("lost events: " + ", ".join(f"{k} {v}" for k, v in lost.items()), markup=False)
-    out.print(f"findings written to {r.path / 'findings'}", markup=False, highlight=False)
+        say("lost events: " + ", ".join(f"{k} {v}" for k, v in lost.items()))
+    say(f"findings written to {r.path / 'findings'}")

@@ -11,6 +11,21 @@ from vmemtrace.cli.common import fail, open_or_fail
 from vmemtrace.cli.detect import load_detectors_or_fail
 
 
+def findings_or_detect(r):
+    """The findings of the last `vmemtrace detect` on run `r`, running the detectors first if there
+    are none."""
+    from pipeline.findings_store import has_findings, load_findings, save_findings
+    from queries.runner import DetectorError, run_detectors
+
+    if not has_findings(r):
+        try:
+            result = run_detectors(r, load_detectors_or_fail())
+        except DetectorError as e:
+            fail(str(e))
+        save_findings(r, result.findings, [vars(s) for s in result.statuses])
+    return load_findings(r)
+
+
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run directories; with several, the later ones are "
                                                "compared with the first.", show_default=False)],
@@ -26,8 +41,6 @@ def report(
     Uses the findings of the last `vmemtrace detect`, running the detectors first if there are
     none. With several runs, also writes compare.html: which findings are new, gone, still there.
     """
-    from pipeline.findings_store import has_findings, load_findings, save_findings
-    from queries.runner import DetectorError, run_detectors
     from reports.html import report_json, write_comparison, write_report
 
     if fmt not in ("html", "json"):
@@ -37,13 +50,7 @@ def report(
     done = []
     for path in runs:
         r = open_or_fail(path)
-        if not has_findings(r):
-            try:
-                result = run_detectors(r, load_detectors_or_fail())
-            except DetectorError as e:
-                fail(str(e))
-            save_findings(r, result.findings, [vars(s) for s in result.statuses])
-        findings, statuses = load_findings(r)
+        findings, statuses = findings_or_detect(r)
         if fmt == "json":
             print(report_json(r, findings, statuses))
             return
