@@ -1,9 +1,11 @@
 """A collection: load the BPF program, follow the workload, drain rings into the run store.
 
-The manifest is written when the session starts and after every chunk, so a
-collector killed with SIGKILL leaves a readable run whose session still says
-`running` (reported as unclean). SIGINT and SIGTERM stop collection, drain
-what the rings hold and close the session cleanly.
+The manifest is written when the session starts and after every chunk, and buffered rows are
+flushed every FLUSH_SECONDS, so a collector killed with SIGKILL leaves a readable run holding
+what it saw until shortly before, whose session reads as unclean. SIGINT and SIGTERM stop
+collection, drain what the rings hold and close the session cleanly; the probes are then
+released (in a child process, with background_detach, see _hold_probes_until_exit).
+Targets that cannot be traced and runs another process writes are refused before any BPF loads.
 """
 
 from __future__ import annotations

@@ -75,7 +75,10 @@ class QemuVM:
                 self.proc.kill()
                 self.proc.wait()
         if self._qmp:
-            self._qmp.close()
+            try:
+                self._qmp.close()
+            except EOFError:  # qemu.qmp re-raises QEMU's own hang-up after quit: expected
+                pass
 
     def __enter__(self) -> "QemuVM":
         return self.start()
