@@ -20,6 +20,10 @@ from collectors.base import Collector, Ring, envelope_columns, labels, nullable,
 from pipeline.runstore import conform
 from pipeline.schema import FAMILY_BY_NAME
 
+# The distribution's QEMU: what `vmemtrace doctor` inspects by default. Collect probes whatever
+# binary the traced processes run (collectors/qemu_tracker.py).
+DEFAULT_BINARY = "/usr/bin/qemu-system-x86_64"
+
 
 class Function(NamedTuple):
     symbol: str
