@@ -86,8 +86,9 @@ def detect(
 
     r = open_or_fail(run)
     try:
-        with progress("running detectors", total=len(detectors)) as advance:
-            result = run_detectors(r, detectors, progress=lambda d: advance(description=f"{d.id} {d.title}"))
+        # Detectors lacking input are skipped without a callback, so the total is left open.
+        with progress("running detectors") as advance:
+            result = run_detectors(r, detectors, progress=lambda d: advance(description=f"running {d.id} {d.title}"))
     except DetectorError as e:
         fail(str(e))
     statuses = [vars(s) for s in result.statuses]
