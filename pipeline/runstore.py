@@ -451,18 +451,25 @@ class RunWriter:
         input_records = [file_input(p) for p in inputs]  # before the lock: hashing may take a while
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"{self.path}: is a file, not a run directory")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.mkdir(mode=DIR_MODE)
             self._created = True
         except FileExistsError:
             self._created = False
+        except OSError as e:
+            raise RunError(f"{self.path}: cannot create the run directory ({e.strerror})") from None
         try:
             self._lock = _DirLock(self.path)
         except FileNotFoundError:  # removed by a writer whose new run failed, while we opened it
             raise RunLockedError(self.path, None) from None
         try:
             self._open_under_lock(source, kind, info, input_records, force)
+        except OSError as e:
+            self._discard()
+            if _no_space(e):
+                raise DiskFullError(e.filename or self.path) from None
+            raise RunError(f"{e.filename or self.path}: cannot write this run ({e.strerror})") from None
         except BaseException:
             self._discard()
             raise
