@@ -34,7 +34,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
                     "-q"], check=True, cwd=tmp_path, timeout=600)
     wheel = next((tmp_path / "dist").glob("vmemtrace-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for data in ("queries/d1_stale_dma_after_discard.sql", "queries/views/10_memslot_timeline.sql",
+    for data in ("queries/d1_stale_dma_after_discard.sql", "queries/views/memslots.sql",
                  "reports/templates/report.html.j2", "collectors/discards.bpf.c", "collectors/record.h",
                  "vmemtrace/pytest_plugin.py"):
         assert data in names, data
