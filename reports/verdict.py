@@ -16,7 +16,9 @@ def detector_judgement(status: dict) -> tuple[str, str]:
     if st.startswith("not run"):
         needs = "; ".join(status.get("missing") or [])
         return "n/a", f"not applicable: the run has no {needs}" if needs else "not applicable"
-    return "ran", st  # "ran", or a refinement such as "ran: no relevant events"
+    if status.get("outcome") == "no relevant events":  # queries.runner.DetectorStatus.outcome
+        return "ran", "ran: no relevant events"
+    return "ran", st
 
 
 def qemu_binaries(sessions: list[dict]) -> list[dict]:
