@@ -107,8 +107,9 @@ def line_batches(path: Path, info: InputFile, *, batch_bytes: int = 32 << 20) ->
             while True:
                 try:
                     block = stream.read(batch_bytes)
-                except (OSError, EOFError) as e:   # truncated or corrupt gzip
-                    raise TraceFormatError(str(path), first, f"cannot read: {e}") from None
+                except (OSError, EOFError) as e:   # truncated or corrupt gzip, or a failing disk
+                    why = f"damaged or truncated gzip file ({e})" if gzipped else f"cannot read ({e})"
+                    raise TraceFormatError(str(path), first, why) from None
                 if not block:
                     break
                 block = carry + block
