@@ -16,7 +16,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 0
 fi
 
-packages=(bpfcc-tools python3-bpfcc libbpfcc linux-headers-amd64 qemu-system-x86 trace-cmd
+packages=(bpfcc-tools python3-bpfcc libbpfcc linux-headers-amd64 qemu-system-x86 trace-cmd systemtap-sdt-dev
           busybox-static cpio chromium chromium-driver socat)
 missing=()
 for p in "${packages[@]}"; do

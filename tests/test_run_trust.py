@@ -18,7 +18,7 @@ def test_unclean_missing_probes_and_clock(tmp_path, cli):
     m = json.loads((run / "manifest.json").read_text())
     m["sessions"][0]["writer"]["pid"] = 2**22 + 12345  # no such process
     (run / "manifest.json").write_text(json.dumps(m))
-    import_qemu_log([FIXTURES / "qemu-log" / "formats.log"], run)  # no kernel memslots: stays on its own wall clock
+    import_qemu_log([FIXTURES / "qemu-log" / "formats.log"], run)  # no kernel memslots: stays on wall clock
 
     res = cli("detect", run, "--json", "-D", "I")
     findings = {f["kind"]: f for f in json.loads(res.stdout)}
