@@ -441,6 +441,8 @@ def import_qemu_log(paths: list[Path], run_dir: Path, *, pid: int | None = None,
                              ts_ns=0)
                 w.update_session(bad_lines=scan.bad)
         stage.con.close()
-    return {"rows": dict(rows), "unknown": dict(scan.unknown), "bad": scan.bad_count, "alignment": align,
+    # rows: what the log held per family; written: what the run got (memslot lines that are the
+    # kernel-side source's own ioctls are not written twice)
+    return {"rows": dict(scan.rows), "written": dict(rows), "unknown": dict(scan.unknown), "bad": scan.bad_count, "alignment": align,
             "clock": info["clock"], "pid": process, "pid_from": pid_from,
             "non_trace": info["non_trace_lines"]["count"]}
