@@ -66,6 +66,7 @@ BASELINE = """
 import duckdb, sys
 con = duckdb.connect()
 con.execute("SET threads TO 2")
+con.execute("SET enable_progress_bar = false")
 con.execute(f"COPY (SELECT * FROM read_csv('{sys.argv[1]}', columns={{'line': 'VARCHAR'}}, header=false, "
             f"delim='\\x01', quote='', escape='', auto_detect=false)) TO '{sys.argv[2]}' (FORMAT parquet)")
 """
