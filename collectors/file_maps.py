@@ -44,7 +44,7 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
 
 
 # start-end perms offset major:minor inode [path]
-MAPS_LINE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S\S\S([ps]) ([0-9a-f]+) \S+ (\d+)\s*(.*)$", re.M)
+MAPS_LINE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S\S\S([ps]) ([0-9a-f]+) \S+ (\d+)[ \t]*(.*)$", re.M)
 
 
 def _fds_by_inode(pid: int) -> dict[int, int]:

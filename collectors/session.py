@@ -1,9 +1,11 @@
 """A collection: load the BPF program, follow the workload, drain rings into the run store.
 
-The manifest is written when the session starts and after every chunk, so a
-collector killed with SIGKILL leaves a readable run whose session still says
-`running` (reported as unclean). SIGINT and SIGTERM stop collection, drain
-what the rings hold and close the session cleanly.
+The manifest is written when the session starts and after every chunk, and buffered rows are
+flushed every FLUSH_SECONDS, so a collector killed with SIGKILL leaves a readable run holding
+what it saw until shortly before, whose session reads as unclean. SIGINT and SIGTERM stop
+collection, drain what the rings hold and close the session cleanly; the probes are then
+released (in a child process, with background_detach, see _hold_probes_until_exit).
+Targets that cannot be traced and runs another process writes are refused before any BPF loads.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import select
+import shutil
 import signal
 import subprocess
 import time
@@ -19,7 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 from collectors import program as prog
-from pipeline.runstore import RunWriter
+from collectors.qemu_tracker import QemuTracker, attached_probes
+from pipeline.runstore import RunError, RunWriter, open_run
 
 
 # Rings never wake the reader (BPF_RB_NO_WAKEUP): they are drained on this timer instead, so a
@@ -61,10 +66,56 @@ class Stats:
     lost: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class Attached:
+    """What the collection attached to, for the start banner and the manifest."""
+    collectors: list[str]
+    families: list[str]
+    attached: list[str]
+    missing: list[str]
+    rings: int
+    ring_bytes: int
+    appending_to: int | None      # sessions already in the run, or None for a new run
+
+
+FLUSH_SECONDS = 1.0  # rows reach disk at most this long after they were read from the rings
+
+
+def check_targets(pids: list[int], command: list[str] | None) -> None:
+    """Refuse what cannot be traced before anything is loaded."""
+    for pid in pids:
+        if not Path(f"/proc/{pid}").is_dir():
+            raise CollectError(f"no process with pid {pid}")
+    if command:
+        exe = command[0]
+        path = exe if "/" in exe else shutil.which(exe)
+        if path is None:
+            raise CollectError(f"cannot run {exe}: not found in PATH")
+        if not os.path.exists(path):
+            raise CollectError(f"cannot run {exe}: not found")
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise CollectError(f"cannot run {exe}: {path} is not an executable file")
+
+
+def check_run(run_dir: Path) -> int | None:
+    """Sessions already in the run (None for a new run); refuses a run another process is writing."""
+    if not (run_dir / "manifest.json").exists():
+        return None
+    try:
+        run = open_run(run_dir)
+    except RunError as e:
+        raise CollectError(str(e)) from None
+    holder = run.writer_pid()
+    if holder is not None:
+        raise CollectError(f"{run_dir}: another vmemtrace process (pid {holder}) is writing this run; "
+                           "stop it first or collect into another --run")
+    return len(run.manifest["sessions"])
+
+
 class Collection:
     def __init__(self, run_dir: Path, *, families: list[str] | None = None, pids: list[int] = (),
                  comm: str | None = None, ring_pages: int | None = None, chunk_rows: int = 262_144,
-                 follow_command: bool = False, qemu_binary: str | None = None):
+                 follow_command: bool = False, qemu_binaries: list[str] = (), background_detach: bool = False):
         self.run_dir = run_dir
         self.collectors = prog.for_families(families)
         self.families = families
@@ -72,53 +123,110 @@ class Collection:
         self.comm = comm
         self.ring_pages = ring_pages
         self.chunk_rows = chunk_rows
-        self.qemu_binary = qemu_binary
+        self.qemu_binaries = list(qemu_binaries)
         self.filtered = bool(self.pids or comm or follow_command)
         self.stats = Stats()
+        self.comm_matched = False
+        self.detach_seconds: float | None = None
+        self.background_detach = background_detach
+        self.detach_holder: int | None = None
         self._stop = False
         self._lost_seen: dict[str, int] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def run(self, *, command: list[str] | None = None, duration: float | None = None,
-            progress: Callable[[Stats], None] | None = None) -> int:
+            progress: Callable[[Stats], None] | None = None,
+            on_attached: Callable[[Attached], None] | None = None,
+            on_detach: Callable[[], None] = lambda: None,
+            say: Callable[[str], None] = lambda msg: None) -> int:
         """Collect until the command exits, `duration` passes or a signal arrives.
 
         Returns the command's exit status (0 without a command).
         """
+        check_targets(self.pids, command)
+        appending_to = check_run(self.run_dir)
         try:
             program = prog.load(self.collectors, ring_pages=self.ring_pages, filter_pids=self.filtered,
-                                comm=self.comm, qemu_binary=self.qemu_binary)
+                                comm=self.comm)
         except prog.CompileError as e:
             raise CollectError(str(e)) from None
-        writer = RunWriter(self.run_dir, source="bpf", kind="collector", chunk_rows=self.chunk_rows, info={
-            "collectors": [c.name for c in program.collectors],
-            "attached": program.attached, "missing": program.missing,
-            "filter": {"pids": self.pids, "comm": self.comm, "command": command, "families": self.families},
-            "ring_pages": self.ring_pages, "ring_bytes": program.ring_bytes, "clock": "CLOCK_MONOTONIC (bpf_ktime_get_ns)",
-            **({"qemu_version": _qemu_version(self.qemu_binary)}
-               if any(c.name == "qemu" for c in program.collectors) else {}),
-        })
+        tracker = None
+        try:
+            if any(c.name == "qemu" for c in program.collectors):
+                tracker = QemuTracker(program.bpf, filtered=self.filtered, say=say)
+                for path in self.qemu_binaries:
+                    if tracker.add_binary(path) is None:
+                        raise CollectError(f"--qemu {path}: cannot attach to it")
+            return self._run(program, tracker, command, duration, progress, on_attached, say, appending_to)
+        finally:
+            on_detach()
+            started = time.monotonic()
+            if self.background_detach:
+                self.detach_holder = _hold_probes_until_exit()
+            if tracker is not None:
+                tracker.close()
+            program.close()
+            self.detach_seconds = time.monotonic() - started
+
+    def _run(self, program, tracker, command, duration, progress, on_attached, say, appending_to) -> int:
+        initial = list(self.pids) + (_pids_named(self.comm) if self.comm else [])
+        self.comm_matched = bool(self.comm and initial)
+        for pid in initial:
+            program.add_pid(pid)
+        if tracker is not None:
+            tracker.add_running(initial)
+        attached, missing = self._probes(program, tracker)
+        try:
+            writer = RunWriter(self.run_dir, source="bpf", kind="collector", chunk_rows=self.chunk_rows, info={
+                "collectors": [c.name for c in program.collectors],
+                "attached": attached, "missing": missing,
+                "filter": {"pids": self.pids, "comm": self.comm, "command": command, "families": self.families},
+                "ring_pages": self.ring_pages, "ring_bytes": program.ring_bytes,
+                "clock": {"domain": "monotonic", "source": "bpf_ktime_get_ns (CLOCK_MONOTONIC)",
+                          "alignment": "none", "offset_ns": None, "residual_ns": None, "matched_events": 0},
+                "traced": self._traced(tracker),
+            })
+        except RunError as e:
+            raise CollectError(str(e)) from None
+        if on_attached:
+            on_attached(Attached([c.name for c in program.collectors],
+                                 sorted({f for c in program.collectors for f in c.families}),
+                                 attached, missing, len(program.readers), program.ring_memory, appending_to))
         cpu_at_start = _cpu_seconds()  # after the compile: the figure is the cost of collecting
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         child = None
         status = 0
         try:
-            for pid in self.pids + (_pids_named(self.comm) if self.comm else []):
-                program.add_pid(pid)
+            for pid in initial:
                 for family, table in program.snapshot(pid).items():  # state from before the trace
                     writer.write(family, table)
             if command:
                 child = _start_gated(command, program.add_pid)
                 writer.update_session(workload_pid=child.pid)
             deadline = time.monotonic() + duration if duration else None
-            last_report = 0.0
+            # Data rings never wake us (drained on the timer); an exec notice does, so that a QEMU
+            # started now gets its probes within a millisecond or so.
+            poller = select.epoll()
+            if tracker is not None:
+                poller.register(tracker.exec_reader.fd, select.EPOLLIN)
+            last_report = last_flush = time.monotonic()
+            known_binaries = 0
             while not self._stop:
-                time.sleep(DRAIN_INTERVAL)
+                poller.poll(DRAIN_INTERVAL)
+                if tracker is not None:
+                    tracker.poll()
                 self._drain(program, writer)
                 now = time.monotonic()
+                if now - last_flush >= FLUSH_SECONDS:  # a burst followed by silence is on disk anyway
+                    writer.flush()
+                    last_flush = now
                 if now - last_report >= 0.5:
                     self._account_lost(program, writer)
+                    if tracker is not None and len(tracker.traced()) != known_binaries:
+                        known_binaries = len(tracker.traced())
+                        attached, missing = self._probes(program, tracker)
+                        writer.update_session(traced=self._traced(tracker), attached=attached, missing=missing)
                     if progress:
                         progress(self.stats)
                     last_report = now
@@ -131,9 +239,17 @@ class Collection:
                     child.send_signal(signal.SIGTERM)
                 status = child.wait()
                 writer.update_session(workload_status=status)
+            if tracker is not None:
+                tracker.poll()
             self._drain(program, writer)
             self._account_lost(program, writer)
-            writer.update_session(collector_cpu_seconds=round(_cpu_seconds() - cpu_at_start, 3))
+            if self.comm and not self.comm_matched:
+                self.comm_matched = self._comm_seen(program)
+            attached, missing = self._probes(program, tracker)
+            writer.update_session(collector_cpu_seconds=round(_cpu_seconds() - cpu_at_start, 3),
+                                  traced=self._traced(tracker), attached=attached, missing=missing,
+                                  **({"qemu_exec_notices_lost": tracker.exec_lost()}
+                                     if tracker is not None and tracker.exec_lost() else {}))
             writer.close(clean=True)
         except BaseException:
             writer.abort()
@@ -141,13 +257,29 @@ class Collection:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-            program.close()
         if progress:
             progress(self.stats)
         return status if status >= 0 else 128 - status
 
     def _on_signal(self, signum, frame) -> None:
         self._stop = True
+
+    def _probes(self, program: prog.Program, tracker: QemuTracker | None) -> tuple[list[str], list[str]]:
+        attached, missing = list(program.attached), list(program.missing)
+        if tracker is not None:
+            more, absent = attached_probes(tracker.traced() + tracker.preattached)
+            attached += sorted(set(more))
+            missing += sorted(set(absent))
+        return attached, missing
+
+    def _traced(self, tracker: QemuTracker | None) -> dict:
+        return {"host": platform.node(), "kernel": platform.release(),
+                **(tracker.summary() if tracker is not None else {"qemu_binaries": []}),
+                "qemu_version": _single_version(tracker)}
+
+    def _comm_seen(self, program: prog.Program) -> bool:
+        """Whether any process matched --comm during the collection (it joined the filter)."""
+        return len(program.bpf["traced_pids"]) > 0
 
     # -- draining -----------------------------------------------------------------------------
 
@@ -174,14 +306,34 @@ class Collection:
                 self.stats.lost[families] = self.stats.lost.get(families, 0) + delta
 
 
-def _qemu_version(binary: str | None) -> str | None:
-    from collectors.qemu import DEFAULT_BINARY
-
-    try:
-        out = subprocess.run([binary or DEFAULT_BINARY, "--version"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+def _single_version(tracker: QemuTracker | None) -> str | None:
+    """The QEMU version when every traced QEMU binary is of one version; None if none or several."""
+    if tracker is None:
         return None
-    return out.stdout.splitlines()[0].strip() if out.stdout else None
+    versions = {tb.binary.version for tb in tracker.traced()}
+    return versions.pop() if len(versions) == 1 else None
+
+
+def _hold_probes_until_exit() -> int:
+    """Fork a process that holds our probes until we have exited, then releases them.
+
+    The kernel takes ~0.1 s to release each uprobe and ~0.065 s each tracepoint (about 4 s for
+    the full set), and it does so when the last reference goes. With the child holding a
+    reference, our own detach is immediate and the release runs after the data is on disk, in
+    the child's exit. Returns the child's pid.
+    """
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # do not hold the caller's pipes open
+                os.dup2(null, fd)
+            os.setsid()
+            select.select([os.pidfd_open(parent)], [], [])  # readable once the collector has exited
+        finally:
+            os._exit(0)  # exit_files() drops the last references: the kernel detaches everything
+    return pid
 
 
 def _cpu_seconds() -> float:

@@ -16,8 +16,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 0
 fi
 
-packages=(bpfcc-tools python3-bpfcc libbpfcc linux-headers-amd64 qemu-system-x86 trace-cmd
-          busybox-static cpio chromium chromium-driver)
+packages=(bpfcc-tools python3-bpfcc libbpfcc linux-headers-amd64 qemu-system-x86 trace-cmd systemtap-sdt-dev
+          busybox-static cpio chromium chromium-driver socat)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -28,7 +28,13 @@ CONSTANTS: dict[str, dict[str, int]] = {
     },
     # KVM ioctl numbers (KVMIO = 0xAE)
     "kvm_ioctl": {
+        "KVM_CREATE_VM": 0xAE01,
+        "KVM_GET_VCPU_MMAP_SIZE": 0xAE04,
+        "KVM_CREATE_VCPU": 0xAE41,
         "KVM_RUN": 0xAE80,
+        "KVM_SET_REGS": 0x4090AE82,
+        "KVM_GET_SREGS": 0x8138AE83,
+        "KVM_SET_SREGS": 0x4138AE84,
         "KVM_GET_DIRTY_LOG": 0x4010AE42,
         "KVM_SET_USER_MEMORY_REGION": 0x4020AE46,
         "KVM_SET_USER_MEMORY_REGION2": 0x40A0AE49,
@@ -59,6 +65,7 @@ CONSTANTS: dict[str, dict[str, int]] = {
     },
     # io_uring_register opcodes that pin (REFERENCE.md 5.9); x86-64 syscall number
     "io_uring": {
+        "NR_IO_URING_SETUP": 425,
         "NR_IO_URING_REGISTER": 427,
         "IORING_REGISTER_BUFFERS": 0,
         "IORING_UNREGISTER_BUFFERS": 1,
@@ -69,6 +76,11 @@ CONSTANTS: dict[str, dict[str, int]] = {
     "pci": {
         "PCI_COMMAND": 0x04,
         "PCI_COMMAND_MEMORY": 0x02,
+    },
+    # mmap flags (mman-common.h): a shared mapping's pages live in the file, not the process
+    "mmap": {
+        "MAP_SHARED": 0x01,
+        "MAP_PRIVATE": 0x02,
     },
     "page": {
         "PAGE_SIZE": 4096,
@@ -84,6 +96,11 @@ CONSTANTS: dict[str, dict[str, int]] = {
         "IORING_REGISTER_USE_REGISTERED_RING": 1 << 31,
     },
     # x86 KVM: page-fault error code and SPTE bits the kvmmmu tracepoints carry (arch/x86/kvm/mmu/spte.h)
+    # kvm_run.exit_reason values (kvm.h)
+    "kvm_exit": {
+        "KVM_EXIT_IO": 2,
+        "KVM_EXIT_HLT": 5,
+    },
     "kvm_x86_mmu": {
         "PFERR_WRITE_MASK": 1 << 1,
         "SPTE_MMU_PRESENT_MASK": 1 << 11,

@@ -148,7 +148,10 @@ def write_parquet(path: Path, table: pa.Table) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            # Dictionary-encode only the strings: trying it on every integer column (timestamps, ids,
+            # addresses: high cardinality) doubled the cost of writing a collector's chunk.
+            pq.write_table(table, fh, compression="zstd",
+                           use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)])
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -451,18 +454,25 @@ class RunWriter:
         input_records = [file_input(p) for p in inputs]  # before the lock: hashing may take a while
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"{self.path}: is a file, not a run directory")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.mkdir(mode=DIR_MODE)
             self._created = True
         except FileExistsError:
             self._created = False
+        except OSError as e:
+            raise RunError(f"{self.path}: cannot create the run directory ({e.strerror})") from None
         try:
             self._lock = _DirLock(self.path)
         except FileNotFoundError:  # removed by a writer whose new run failed, while we opened it
             raise RunLockedError(self.path, None) from None
         try:
             self._open_under_lock(source, kind, info, input_records, force)
+        except OSError as e:
+            self._discard()
+            if _no_space(e):
+                raise DiskFullError(e.filename or self.path) from None
+            raise RunError(f"{e.filename or self.path}: cannot write this run ({e.strerror})") from None
         except BaseException:
             self._discard()
             raise
@@ -778,6 +788,9 @@ def _table_from_columns(fam: Family, data: dict[str, Any]) -> pa.Table:
     for name, values in data.items():
         if isinstance(values, (pa.Array, pa.ChunkedArray)):
             cols[name] = values
+            continue
+        if isinstance(values, np.ndarray) and values.dtype != object:  # typed already: no Python per value
+            cols[name] = pa.array(values)
             continue
         f = fam.schema.field(name) if name in fam.schema.names else None
         try:

@@ -2,6 +2,8 @@
 -- title: Balloon inhibit counter mistakes
 -- severities: critical, high, medium
 -- needs: vfio_groups | qemu
+-- uses: inhibits, discards
+-- relevant: discard_inhibit_calls | vfio_group_changes | discard_inhibit_queries
 -- proves: QEMU must not discard guest RAM (balloon, free page reporting) while a VFIO group is
 --   attached; the inhibitor is a counter: one increment per attached group. The count is the
 --   running sum of successful ram_block_discard_disable / ram_block_uncoordinated_discard_disable
@@ -17,17 +19,15 @@
 --   inhibited" while the traced calls leave inhibits outstanding: a second inhibit did not raise
 --   its counter. When a process has no
 --   inhibit events, the count is derived from its attached groups and the finding says so.
+--   Untimed logs (order only): the 100 ms grace periods cannot be measured, so a mismatch or a
+--   leak counts only when it lasts to the end of the run. Without inhibit calls, inhibit queries
+--   or VFIO groups the detector has nothing to judge ("ran: no relevant events").
 WITH inhibit AS (
-    SELECT pid, ts_ns, event_id, comm,
-           CASE WHEN state THEN 1 ELSE -1 END AS d_inhibit, 0 AS d_groups, event AS what
-    FROM qemu
-    WHERE event IN ('discard_disable', 'uncoordinated_discard_disable', 'balloon_inhibit')
-      AND state IS NOT NULL AND coalesce(ret, 0) = 0
+    SELECT pid, ts_ns, event_id, comm, delta AS d_inhibit, 0 AS d_groups, event AS what
+    FROM discard_inhibit_calls
 ), groups AS (
-    SELECT pid, ts_ns, event_id, comm, 0 AS d_inhibit,
-           CASE op WHEN 'attach' THEN 1 ELSE -1 END AS d_groups, 'VFIO group ' || op AS what
-    FROM vfio_groups
-    WHERE coalesce(ret, 0) = 0
+    SELECT pid, ts_ns, event_id, comm, 0 AS d_inhibit, delta AS d_groups, 'VFIO group ' || op AS what
+    FROM vfio_group_changes
 ), derived AS (
     SELECT DISTINCT g.pid FROM groups g WHERE g.pid NOT IN (SELECT pid FROM inhibit)
 ), changes AS (
@@ -45,7 +45,6 @@ WITH inhibit AS (
     WINDOW w AS (PARTITION BY pid ORDER BY ts_ns, event_id ROWS UNBOUNDED PRECEDING)
 ), underflow AS (
     SELECT 'counter_underflow' AS kind, 'high' AS severity, pid, comm, ts_ns AS ts_start_ns, ts_ns AS ts_end_ns,
-           NULL::UBIGINT AS gpa_start, NULL::UBIGINT AS gpa_end, NULL::UBIGINT AS hva_start, NULL::UBIGINT AS hva_end,
            [event_id] AS event_ids,
            printf('%s(false) by %s (pid %d) released a discard inhibit while the count was already 0: inhibit and release calls are unbalanced, so ballooning may be allowed while a device pins guest RAM.',
                   what, comm, pid) AS message
@@ -62,7 +61,6 @@ WITH inhibit AS (
 ), missing AS (
     SELECT 'missing_inhibit' AS kind, 'high' AS severity, pid, any_value(comm) AS comm,
            min(ts_ns) AS ts_start_ns, max(coalesce(next_ns, ts_ns)) AS ts_end_ns,
-           NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT,
            list_sort(list_distinct(list(event_id) || coalesce(list(next_id) FILTER (WHERE next_id IS NOT NULL), [])))
                AS event_ids,
            printf('%s (pid %d) had %d VFIO group(s) attached but a discard inhibit count of %d for %s: a group was attached without raising the balloon inhibitor.',
@@ -72,30 +70,29 @@ WITH inhibit AS (
     FROM islands
     WHERE mism AND NOT is_derived
     GROUP BY pid, island
-    HAVING bool_or(next_ns IS NULL) OR max(next_ns) - min(ts_ns) > 100000000
+    -- QEMU changes groups and count in adjacent calls: 100 ms of grace, where time is known.
+    HAVING bool_or(next_ns IS NULL) OR (NOT order_only() AND max(next_ns) - min(ts_ns) > 100000000)
 ), leak AS (
     SELECT 'inhibit_leak' AS kind, 'medium' AS severity, pid, comm, ts_ns AS ts_start_ns,
            coalesce(next_ns, ts_ns) AS ts_end_ns,
-           NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT,
            [event_id] AS event_ids,
            printf('The last VFIO group of %s (pid %d) detached but the discard inhibit count stayed at %d for %s: an inhibit was not released, so ballooning stays off.',
                   comm, pid, count, CASE WHEN next_ns IS NULL THEN 'the rest of the run'
                                          ELSE printf('%.1f ms', (next_ns - ts_ns) / 1e6) END) AS message
     FROM timeline
     WHERE d_groups = -1 AND attached = 0 AND count > 0 AND NOT is_derived
-      AND (next_ns IS NULL OR next_ns - ts_ns > 100000000)
+      AND (next_ns IS NULL OR (NOT order_only() AND next_ns - ts_ns > 100000000))
 ), boolean_use AS (
     -- QEMU's own answer (ram_block_discard_is_disabled / qemu_balloon_is_inhibited) against the
     -- inhibits its callers left outstanding.
     SELECT 'boolean_use' AS kind, 'medium' AS severity, q.pid, any_value(q.comm) AS comm,
            any_value(t.ts_ns) AS ts_start_ns, max(q.ts_ns) AS ts_end_ns,
-           NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT, NULL::UBIGINT,
            list_sort([t.event_id] || list(q.event_id ORDER BY q.ts_ns, q.event_id)[1:50]) AS event_ids,
            printf('%s() of %s (pid %d) answered "not inhibited" %d time(s) while %d discard inhibit(s) were still outstanding: the inhibitor acts as a boolean, so one release undid several inhibits and ballooning runs beside attached devices.',
                   any_value(q.event), any_value(q.comm), q.pid, count(*), any_value(t.count)) AS message
-    FROM qemu q
+    FROM discard_inhibit_queries q
     ASOF JOIN timeline t ON q.pid = t.pid AND q.ts_ns >= t.ts_ns
-    WHERE q.event IN ('discard_is_disabled', 'balloon_is_inhibited') AND q.ret = 0
+    WHERE q.ret = 0
       AND t.count > 0 AND NOT t.is_derived
     GROUP BY q.pid, t.event_id
 ), while_inhibited AS (
@@ -117,12 +114,8 @@ WITH inhibit AS (
     FROM while_inhibited
     GROUP BY pid, state_id
 )
-SELECT kind, severity, pid, comm, ts_start_ns, ts_end_ns,
-       NULL::UBIGINT AS gpa_start, NULL::UBIGINT AS gpa_end, NULL::UBIGINT AS hva_start, NULL::UBIGINT AS hva_end,
-       NULL::UBIGINT AS iova_start, NULL::UBIGINT AS iova_end, event_ids, message
-FROM (SELECT * FROM underflow UNION ALL SELECT * FROM missing UNION ALL SELECT * FROM leak
-      UNION ALL SELECT * FROM boolean_use)
-UNION ALL
-SELECT kind, severity, pid, comm, ts_start_ns, ts_end_ns, gpa_start, gpa_end, hva_start, hva_end,
-       NULL::UBIGINT, NULL::UBIGINT, event_ids, message
-FROM discard_findings
+SELECT * FROM underflow
+UNION ALL BY NAME SELECT * FROM missing
+UNION ALL BY NAME SELECT * FROM leak
+UNION ALL BY NAME SELECT * FROM boolean_use
+UNION ALL BY NAME SELECT * FROM discard_findings

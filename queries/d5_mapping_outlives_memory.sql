@@ -2,6 +2,8 @@
 -- title: Device mapping outlives guest memory
 -- severities: high
 -- needs: dma; memslots | dirty_log
+-- uses: memslots, pins
+-- relevant: dma_mappings; memslot_ends | dirty_log
 -- proves: `high` (memory_removed_under_mapping): a memslot was deleted or moved while a DMA
 --   mapping of the same process stayed live over it - linked by vaddr inside the slot's HVA range,
 --   or by IOVA == GPA - and the memory did not all come back at the same HVA->GPA translation
@@ -11,14 +13,10 @@
 --   while device dirty tracking was on for the container (VFIO_IOMMU_DIRTY_PAGES start, no stop
 --   yet) without VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: the dirty pages of that range are lost to
 --   migration ("lost in the ether"); evidence: the start and the unmap.
-WITH ok AS (
-    SELECT * FROM memslots WHERE coalesce(ret, 0) = 0
-), gone AS (
-    SELECT t.*, e.ts_ns AS gone_ns, e.event_id AS gone_id,
-           CASE WHEN e.size = 0 THEN 'deleted' ELSE 'moved' END AS how
-    FROM memslot_timeline t
-    JOIN ok e ON e.event_id = t.ended_by
-    WHERE t.as_id = 0 AND (e.size = 0 OR e.gpa <> t.gpa_start)
+WITH gone AS (
+    SELECT t.*, t.valid_to AS gone_ns, t.ended_by AS gone_id, t.ended_how AS how
+    FROM memslot_ends t
+    WHERE t.as_id = 0 AND t.ended_how IN ('deleted', 'moved')
 ), hit AS (
     SELECT g.pid, g.slot, g.how, g.gone_ns, g.gone_id, g.gpa_start AS s_gpa, g.hva_start AS s_hva,
            m.event_id AS map_id, m.mapped_ns, m.unmapped_ns, m.unmap_event_id, m.api, m.comm,
@@ -33,6 +31,7 @@ WITH ok AS (
                 ELSE g.hva_start + (least(m.iova_end, g.gpa_end) - g.gpa_start) END AS h1
     FROM gone g
     JOIN dma_mappings m
+      -- io_uring buffers have no IOVA: only the vaddr link applies to them.
       ON m.pid = g.pid AND m.mapped_ns < g.gone_ns AND (m.unmapped_ns IS NULL OR m.unmapped_ns > g.gone_ns)
      AND ((m.vaddr_start < g.hva_end AND g.hva_start < m.vaddr_end)
           OR (m.iova_start < g.gpa_end AND g.gpa_start < m.iova_end))
@@ -51,7 +50,7 @@ WITH ok AS (
                   h.slot, h.comm, h.pid, h.how, h.gone_id, h.api, h.map_id,
                   h.s_gpa + (h.h0 - h.s_hva), h.s_gpa + (h.h1 - h.s_hva),
                   CASE WHEN h.unmapped_ns IS NULL THEN ' until the end of the run'
-                       ELSE printf(' for %.1f us more', (h.unmapped_ns - h.gone_ns) / 1000.0) END) AS message
+                       ELSE ' for ' || elapsed(h.unmapped_ns - h.gone_ns) || ' more' END) AS message
     FROM hit h
     WHERE coalesce((
         -- Bytes of the overlap that came back at the same GPA before the mapping ended (a split
@@ -74,22 +73,22 @@ WITH ok AS (
 ), unmapped AS (
     SELECT 'unmap_without_dirty_bitmap' AS kind, 'high' AS severity, u.pid, u.comm,
            t.start_ns AS ts_start_ns, u.ts_ns AS ts_end_ns,
-           NULL::UBIGINT AS gpa_start, NULL::UBIGINT AS gpa_end, NULL::UBIGINT AS hva_start, NULL::UBIGINT AS hva_end,
-           CASE WHEN coalesce(u.flags, 0) & 2 = 0 THEN u.iova END AS iova_start,
-           CASE WHEN coalesce(u.flags, 0) & 2 = 0 THEN u.iova + u.size END AS iova_end,
+           CASE WHEN NOT has_flag(u.flags, VFIO_DMA_UNMAP_FLAG_ALL()) THEN u.iova END AS iova_start,
+           CASE WHEN NOT has_flag(u.flags, VFIO_DMA_UNMAP_FLAG_ALL()) THEN u.iova + u.size END AS iova_end,
            [t.start_id, u.event_id] AS event_ids,
            printf('%s (pid %d) unmapped %s on container fd %d while device dirty tracking was on (event %d) without VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: pages the device dirtied there are lost to migration.',
                   u.comm, u.pid,
-                  CASE WHEN coalesce(u.flags, 0) & 2 <> 0 THEN 'every mapping'
+                  CASE WHEN has_flag(u.flags, VFIO_DMA_UNMAP_FLAG_ALL()) THEN 'every mapping'
                        ELSE printf('IOVA 0x%x-0x%x', u.iova, u.iova + u.size) END,
                   u.fd, t.start_id) AS message
     FROM dma u
     JOIN tracking t
       ON u.pid = t.pid AND u.fd IS NOT DISTINCT FROM t.fd AND u.ts_ns > t.start_ns
      AND (t.stop_ns IS NULL OR u.ts_ns < t.stop_ns)
-    WHERE u.api = 'vfio_type1' AND u.op = 'unmap' AND coalesce(u.ret, 0) = 0 AND coalesce(u.flags, 0) & 1 = 0
+    WHERE u.api = 'vfio_type1' AND u.op = 'unmap' AND coalesce(u.ret, 0) = 0
+      AND NOT has_flag(u.flags, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP())
     QUALIFY row_number() OVER (PARTITION BY u.event_id ORDER BY t.start_ns DESC) = 1
 )
 SELECT * FROM removed
-UNION ALL
+UNION ALL BY NAME
 SELECT * FROM unmapped

@@ -114,7 +114,8 @@ def picture(finding: dict, ranges: dict[str, list[dict]]) -> AddressPicture | No
     ticks, last = [], -1e9
     for e in edges:
         if pos[e] - last >= 80 or e in (edges[0], edges[-1]) and pos[e] - last >= 40:
-            ticks.append({"x": round(pos[e], 1), "label": f"0x{e:x}"})
+            ticks.append({"x": round(pos[e], 1), "label": f"0x{e:x}",
+                          "anchor": "end" if e == edges[-1] else "start" if e == edges[0] else "middle"})
             last = pos[e]
     height = 8 + len(rows) * (ROW_H + ROW_GAP) + 14
     return AddressPicture(WIDTH, height, axis, rows, ticks)

@@ -16,6 +16,7 @@ their evidence and their pictures are capped (the caps below), so it stays well 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -26,14 +27,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.findings_store import findings_dir, write_findings_csv
-from pipeline.runstore import Run
+from pipeline.findings_store import findings_dir, has_findings, neutralise_formulas, write_findings_csv
+from pipeline.runstore import DIR_MODE, Run, write_bytes, write_parquet
 from pipeline.schema import SEVERITIES
 from queries.runner import connect
 from reports.baseline import comparison_key
 from reports.address_space import pictures
 from reports.overview import finding_density, overview, process_summary
-from reports.timeline import duration, mapping_lifetimes, timeline
+from reports.timeline import duration, mapping_lifetimes, memslot_gaps, timeline
 from reports.verdict import verdict
 
 MAX_CARDS = 100          # finding cards with pictures and evidence
@@ -137,40 +138,34 @@ def report_data(run: Run, con, findings: pa.Table, statuses: list[dict]) -> dict
     }
 
 
-def _private_file(path: Path, text: str | None = None) -> None:
-    """Write `text` (if given) and leave the file without group/world write."""
-    if text is not None:
-        path.write_text(text)
-    os.chmod(path, 0o644)
-
-
 def _full_findings(run: Run, findings: pa.Table, out: Path) -> None:
     """findings.parquet and findings.csv beside the page: hard links to detect's copies when they
-    are the same findings (no second 1 GB CSV), written otherwise."""
-    src = findings_dir(run)
-    for name, write in (("findings.parquet", lambda p: pq.write_table(findings, p)),
-                        ("findings.csv", lambda p: write_findings_csv(findings, p))):
+    hold these findings (no second copy of a 1 GB CSV), else written here."""
+    stored = findings_dir(run)
+    same = has_findings(run) and pq.read_metadata(stored / "findings.parquet").num_rows == findings.num_rows
+    for name, write in (("findings.parquet", write_parquet),
+                        ("findings.csv", lambda path, table: write_findings_csv(table, path))):
         target = out / name
         target.unlink(missing_ok=True)
-        stored = src / name
         try:
-            if not stored.exists() or pq.read_metadata(src / "findings.parquet").num_rows != findings.num_rows:
-                raise FileNotFoundError
-            os.link(stored, target)
+            if not same:
+                raise FileNotFoundError(name)
+            os.link(stored / name, target)
         except OSError:
-            write(target)
-        _private_file(target)
+            write(target, findings)
 
 
 def write_report(run: Run, findings: pa.Table, statuses: list[dict], out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    os.chmod(out, 0o755)
+    out.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     con = connect(run)
     data = report_data(run, con, findings, statuses)
     lifetimes = mapping_lifetimes(con, [e["event_id"] for f in data["findings"] for e in f["evidence"]
                                         if e["lane"] == "dma"])
+    gaps = memslot_gaps(con, [e["event_id"] for f in data["findings"] for e in f["evidence"]
+                              if e["what"] == "memslot_delete"])
     for f in data["findings"]:
-        f["timeline"] = timeline(f["evidence"], (f["ts_start_ns"], f["ts_end_ns"]), lifetimes) if f["evidence"] else None
+        f["timeline"] = (timeline(f["evidence"], (f["ts_start_ns"], f["ts_end_ns"]), lifetimes, gaps)
+                         if f["evidence"] else None)
     addr = pictures(con, data["findings"])
     for f in data["findings"]:
         f["address"] = addr.get(f["finding_id"])
@@ -184,7 +179,7 @@ def write_report(run: Run, findings: pa.Table, statuses: list[dict], out: Path) 
         d=data, v=data["verdict"], overview=ov, severities=SEVERITIES,
         detector_ids=sorted({f["detector"] for f in data["table"]}))
     index = out / "index.html"
-    _private_file(index, page)
+    write_bytes(index, page.encode())
     _full_findings(run, findings, out)
     _csv(out / "detectors.csv", [{"id": s["id"], "title": s["title"], "status": s["status"],
                                   "judgement": s["judgement"][1], "missing": "; ".join(s["missing"]),
@@ -205,16 +200,16 @@ def report_json(run: Run, findings: pa.Table, statuses: list[dict]) -> str:
 
 def _csv(path: Path, rows: list[dict]) -> None:
     if rows:
-        pacsv.write_csv(pa.Table.from_pylist(rows), path)
+        buf = io.BytesIO()
+        pacsv.write_csv(neutralise_formulas(pa.Table.from_pylist(rows)), buf)
+        write_bytes(path, buf.getvalue())
     else:
-        path.write_text("")
-    _private_file(path)
+        write_bytes(path, b"")
 
 
 def write_comparison(reports: list[tuple[Run, pa.Table, Path]], out: Path) -> Path:
     """A page comparing each run's findings with the first run's: new, gone, still there."""
-    out.mkdir(parents=True, exist_ok=True)
-    os.chmod(out, 0o755)
+    out.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     base_run, base_findings, base_page = reports[0]
     base = {comparison_key(f): f for f in base_findings.to_pylist()}
     rows = []
@@ -227,5 +222,5 @@ def write_comparison(reports: list[tuple[Run, pa.Table, Path]], out: Path) -> Pa
     html = _env.get_template("compare.html.j2").render(base=str(base_run.path), base_page=str(base_page.resolve()),
                                                        rows=rows)
     index = out / "compare.html"
-    _private_file(index, html)
+    write_bytes(index, html.encode())
     return index

@@ -160,7 +160,7 @@ class Overview:
         secs = self.bin_ns / 1e9
         rates = [b / 2**20 / secs for b in bins]
         lane = self._add("guest memory discarded", f"{mib(sum(bins))}, peak {rate(max(rates))} MiB/s", "line", 34)
-        self._line(lane, rates, "discard", max(rates) or 1)
+        self._line(lane, rates, "discard", max(rates) or 1, "MiB/s discarded")
 
     def balloon(self) -> bool:
         """Balloon size QEMU asked for (balloon_target: pages) and the guest reported
@@ -208,18 +208,18 @@ class Overview:
             for title, evs in QEMU_LANES.items():
                 bins = [sum(per.get(e, [0.0] * BINS)[b] for e in evs) for b in range(BINS)]
                 if any(bins):
-                    lane = self._add(title, f"{int(sum(bins)):,} QEMU events", "bars", 18)
+                    lane = self._add(title, f"{int(sum(bins)):,} QEMU events", "bars", 24)
                     self._bars(lane, bins, "events")
         if "memslots" in self.families:
             bins = self._binned("SELECT ts_ns FROM memslots").get(None)
             if bins:
-                lane = self._add("memslot changes", f"{int(sum(bins)):,} KVM_SET_USER_MEMORY_REGION calls", "bars", 18)
+                lane = self._add("memslot changes", f"{int(sum(bins)):,} memslot ioctls", "bars", 24)
                 self._bars(lane, bins, "memslot calls")
 
     def findings_lane(self, density: dict[str, list[float]], marks: list[dict]) -> dict:
         """All findings as a density strip per severity, the cards shown on the page as markers."""
         lane = self._add("findings", f"{int(sum(sum(v) for v in density.values())):,} starting in the run",
-                         "bars", 18)
+                         "bars", 24)
         for sev, bins in density.items():
             self._bars(lane, bins, f"{sev} findings")
             for bar in lane.bars:

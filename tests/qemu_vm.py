@@ -1,64 +1,57 @@
 """A real QEMU for tests: started under KVM (firmware only: a Linux guest does not boot under KVM
-on these machines), driven over QMP, with QEMU's own trace log written beside it."""
+on these machines), driven over QMP with the qemu.qmp library, with QEMU's own trace log written
+beside it. `binary` runs another QEMU executable (a copy, an engineer's build)."""
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from qemu.qmp import ConnectError, ExecuteError, QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 
 
 class QemuVM:
     def __init__(self, workdir: Path, *, memory_mb: int = 128, traces=("kvm_set_user_memory",),
-                 extra: tuple[str, ...] = (), accel: str = "kvm"):
+                 extra: tuple[str, ...] = (), accel: str = "kvm", binary: str = QEMU):
         self.qmp_path = workdir / "qmp.sock"
         self.log = workdir / "qemu-trace.log"
-        args = [QEMU, "-accel", accel, "-m", str(memory_mb), "-display", "none", "-nodefaults",
+        args = [binary, "-accel", accel, "-m", str(memory_mb), "-display", "none", "-nodefaults",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off", "-msg", "timestamp=on", "-D", str(self.log)]
         for t in traces:
             args += ["-trace", t]
         self.args = args + list(extra)
         self.proc: subprocess.Popen | None = None
-        self._sock: socket.socket | None = None
-        self._buf = b""
+        self._qmp: QEMUMonitorProtocol | None = None
 
     def start(self) -> "QemuVM":
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
+        while not self.qmp_path.exists():  # QEMU creates its socket, then listens
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"QEMU did not start: {self.proc.stderr.read().decode()}")
+            time.sleep(0.05)
         while True:
+            qmp = QEMUMonitorProtocol(str(self.qmp_path))
             try:
-                self._sock = socket.socket(socket.AF_UNIX)
-                self._sock.connect(str(self.qmp_path))
+                qmp.connect(negotiate=True)  # reads the greeting, sends qmp_capabilities
                 break
-            except OSError:
+            except ConnectError:
+                qmp.close()
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"QEMU did not start: {self.proc.stderr.read().decode()}") from None
                 time.sleep(0.05)
-        self._read()  # greeting
-        self.qmp("qmp_capabilities")
+        self._qmp = qmp
         return self
 
-    def _read(self) -> dict:
-        while b"\n" not in self._buf:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise RuntimeError("QMP connection closed")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
-
     def qmp(self, command: str, **arguments) -> dict:
-        self._sock.sendall(json.dumps({"execute": command, "arguments": arguments}).encode() + b"\n")
-        while True:
-            msg = self._read()
-            if "return" in msg or "error" in msg:
-                if "error" in msg:
-                    raise RuntimeError(f"QMP {command}: {msg['error']}")
-                return msg["return"]
+        try:
+            return self._qmp.cmd(command, **arguments)
+        except ExecuteError as e:
+            raise RuntimeError(f"QMP {command}: {e}") from None
 
     def migrate_to_null(self, timeout: float = 60) -> dict:
         self.qmp("migrate", uri="exec:cat > /dev/null")
@@ -74,15 +67,18 @@ class QemuVM:
         if self.proc and self.proc.poll() is None:
             try:
                 self.qmp("quit")
-            except (RuntimeError, OSError):
+            except (QMPError, OSError, EOFError):  # QEMU may close the socket before it answers
                 self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self._sock:
-            self._sock.close()
+        if self._qmp:
+            try:
+                self._qmp.close()
+            except EOFError:  # qemu.qmp re-raises QEMU's own hang-up after quit: expected
+                pass
 
     def __enter__(self) -> "QemuVM":
         return self.start()

@@ -22,9 +22,10 @@ def _subcommands():
             yield [name]
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
 @pytest.mark.parametrize("argv", list(_subcommands()), ids=" ".join)
-def test_every_subcommand_has_help(cli, argv):
-    res = cli(*argv, "--help")
+def test_every_subcommand_has_help(cli, argv, flag):
+    res = cli(*argv, flag)
     assert res.exit_code == 0
     assert "Usage: vmemtrace " + " ".join(argv) in res.output
     summary = res.output.split("\n\n")[1].strip()
@@ -98,3 +99,11 @@ def test_report_is_self_contained_and_escapes_trace_text(tmp_path, cli):
     stored = pq.read_table(run / "findings" / "findings.parquet").num_rows
     assert stored >= 3 and page.count('class="finding"') == stored
     assert (run / "report" / "findings.csv").exists()
+
+
+def test_help_documents_exit_codes_and_completion(cli):
+    res = cli("-h")
+    assert res.exit_code == 0
+    for text in ("Exit codes", "3 internal error", "--install-completion", "--show-completion"):
+        assert text in res.output
+    assert "Exit codes" in cli("detect", "-h").output

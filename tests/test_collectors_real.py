@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
+from pipeline.constants import KVM_EXIT_HLT, KVM_EXIT_IO, MAP_SHARED
 from pipeline.runstore import open_run
 from tests.conftest import require
 
@@ -135,3 +136,53 @@ def test_sigkill_leaves_finished_chunks_and_an_unclean_manifest(tmp_path):
     table = r.read_family("discards")
     assert table.num_rows > 0 and table.num_rows == r.row_counts()["discards"]
     assert pc.all(pc.equal(table["advice"], 4)).as_py()
+
+
+def test_kvm_run_per_vcpu_thread_and_file_mappings(tmp_path):
+    collect(tmp_path / "run", "kvm_run", tmp_path / "did.json",
+            families=["vcpu_runs", "file_mappings", "guest_accesses"])
+    did = json.loads((tmp_path / "did.json").read_text())
+    assert [r["exit_reason"] for r in did["runs"]] == [KVM_EXIT_IO, KVM_EXIT_HLT] * 2  # the guest ran
+    got = rows(tmp_path / "run", "vcpu_runs", did["pid"])
+    assert [subset(r, ("op", "tid", "vcpu_fd", "ret", "source")) for r in got] == \
+        [{"op": "run", "tid": w["tid"], "vcpu_fd": w["vcpu_fd"], "ret": w["ret"], "source": "bpf:vcpu_run"}
+         for w in did["runs"]]
+    spans = [(r["ts_ns"], r["end_ns"]) for r in got]
+    assert all(a < b for a, b in spans) and all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:]))
+    maps = [r for r in rows(tmp_path / "run", "file_mappings", did["pid"])
+            if r["hva_start"] == did["mappings"][0]["hva_start"]]
+    keys = ("event", "hva_start", "size", "fd", "file_offset", "flags", "ret")
+    assert [subset(r, keys) for r in maps] == did["mappings"]
+    # KVM zaps the VM's shadow pages when it goes away: invalidations, recorded without a pfn.
+    zaps = [r for r in rows(tmp_path / "run", "guest_accesses", did["pid"]) if r["via"] == "spte_zap"]
+    assert zaps and all(r["pfn"] is None and r["level"] >= 1 for r in zaps)
+
+
+def test_proc_maps_snapshot_of_a_process_running_before_attach(tmp_path):
+    backing = tmp_path / "backing"
+    backing.write_bytes(bytes(1 << 20))
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import ctypes, mmap, os, time
+fd = os.open({str(backing)!r}, os.O_RDWR)
+m = mmap.mmap(fd, 1 << 19, mmap.MAP_SHARED, offset=1 << 18)
+open({str(ready)!r}, "w").write(f"{{fd}} {{ctypes.addressof(ctypes.c_char.from_buffer(m))}}")
+time.sleep(60)
+"""])
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() or not ready.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        fd, addr = map(int, ready.read_text().split())
+        res = subprocess.run([*VMEMTRACE, "collect", "--run", str(tmp_path / "run"), "--pid", str(holder.pid),
+                              "--families", "file_mappings", "--duration", "0.5"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    got = [r for r in rows(tmp_path / "run", "file_mappings", holder.pid) if r["hva_start"] == addr]
+    assert [subset(r, ("event", "size", "fd", "file_offset", "flags", "path", "inode", "source")) for r in got] == [
+        {"event": "proc_maps", "size": 1 << 19, "fd": fd, "file_offset": 1 << 18, "flags": MAP_SHARED,
+         "path": str(backing), "inode": backing.stat().st_ino, "source": "proc:maps"}]

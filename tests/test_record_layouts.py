@@ -45,5 +45,5 @@ def test_every_qemu_function_has_its_uprobe_handler():
 
     from collectors.qemu import FUNCTIONS
 
-    handlers = {int(n) for n in re.findall(r"QEMU_ENTER\((\d+)\)", (HERE / "qemu.bpf.c").read_text())}
+    handlers = {int(n) for n in re.findall(r"QEMU_FN\((\d+)\)", (HERE / "qemu.bpf.c").read_text())}
     assert set(range(len(FUNCTIONS))) <= handlers

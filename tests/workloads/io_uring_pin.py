@@ -20,10 +20,9 @@ import os
 import sys
 
 from pipeline.constants import (IORING_REGISTER_BUFFERS, IORING_UNREGISTER_BUFFERS, MADV_DONTNEED,
-                                NR_IO_URING_REGISTER, PAGE_SIZE)
+                                NR_IO_URING_REGISTER, NR_IO_URING_SETUP, PAGE_SIZE)
 from tests.workloads.libc import libc, madvise
 
-NR_IO_URING_SETUP = 425
 PAGES = 16
 DISCARD = range(4, 8)          # pages discarded: an inner part of the buffer
 PFN_MASK = (1 << 55) - 1

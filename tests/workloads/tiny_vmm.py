@@ -7,12 +7,10 @@ import os
 import struct
 import sys
 
+from pipeline.constants import (KVM_CREATE_VM, KVM_GET_DIRTY_LOG, KVM_SET_USER_MEMORY_REGION,
+                                KVM_SET_USER_MEMORY_REGION2, MADV_DONTNEED)
 from tests.workloads.libc import anon, madvise
 
-KVM_CREATE_VM = 0xAE01
-KVM_SET_USER_MEMORY_REGION = 0x4020AE46
-KVM_SET_USER_MEMORY_REGION2 = 0x40A0AE49
-KVM_GET_DIRTY_LOG = 0x4010AE42
 MB = 1 << 20
 
 kvm = os.open("/dev/kvm", os.O_RDWR)
@@ -61,7 +59,7 @@ memslots.append({"ioctl": "region2", "vm_fd": vm, "as_id": 0, "slot": 4, "flags"
                  "size": 4 * MB, "hva": hva + 56 * MB, "gmem_fd": 77, "gmem_offset": 0x1000, "ret": ret})
 
 discard = {"hva_start": hva + 9 * MB, "hva_end": hva + 9 * MB + 256 * 1024}
-madvise(discard["hva_start"], discard["hva_end"] - discard["hva_start"], 4)
+madvise(discard["hva_start"], discard["hva_end"] - discard["hva_start"], MADV_DONTNEED)
 
 json.dump({"pid": os.getpid(), "memslots": memslots, "dirty_log": dirty, "discard": discard},
           open(sys.argv[1], "w"))

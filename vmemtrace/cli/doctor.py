@@ -86,8 +86,8 @@ def _bpf_load(bcc_module) -> Check:
     if bcc_module is None or os.geteuid() != 0:
         return Check("BPF load", "fail", "not tried (needs root and bcc)", "fix the checks above")
     try:
-        b = bcc_module.BPF(text="int vmemtrace_doctor(void *ctx) { return 0; }")
-        b.load_func("vmemtrace_doctor", bcc_module.BPF.SOCKET_FILTER)
+        b = bcc_module.BPF(text=b"int vmemtrace_doctor(void *ctx) { return 0; }")
+        b.load_func(b"vmemtrace_doctor", bcc_module.BPF.SOCKET_FILTER)
         b.cleanup()
     except Exception as e:  # noqa: BLE001 - bcc raises plain Exception for compile and load errors
         return Check("BPF load", "fail", f"bcc could not compile or load a program: {e}",
@@ -159,6 +159,13 @@ def _qemu(binary: Path) -> list[Check]:
                         "older QEMUs lack some (expected); with none, build QEMU with symbols exported "
                         "or the dtrace trace backend"))
     return checks
+
+
+def collect_blockers() -> list[str]:
+    """What stops `vmemtrace collect` on this host, each with what to do (quick: nothing is loaded)."""
+    bcc_check, _ = _bcc()
+    return [f"{c.name}: {c.detail}" + (f" ({c.fix})" if c.fix else "")
+            for c in (_kernel(), _root(), _tracefs(), bcc_check, _headers()) if c.status == "fail"]
 
 
 def doctor(

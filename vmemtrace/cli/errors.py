@@ -19,7 +19,6 @@ import zlib
 from pathlib import Path
 from types import TracebackType
 
-import click
 import typer
 
 from vmemtrace.cli.common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, say
@@ -57,10 +56,11 @@ def _open_file_in(tb: TracebackType | None) -> str | None:
 
 
 def _chunk_in(tb: TracebackType | None) -> str | None:
-    """The Parquet chunk the failing code was opening (Arrow's errors do not always name it)."""
+    """The Parquet chunk the failing code was reading or writing (Arrow's errors do not name it)."""
     for frame in _frames_innermost_first(tb):
         for value in frame.f_locals.values():
-            if isinstance(value, (str, Path)) and str(value).endswith(".parquet") and os.path.isfile(value):
+            if isinstance(value, (str, Path)) and ".parquet" in os.path.basename(value) \
+                    and os.path.isdir(os.path.dirname(value) or "."):
                 return str(value)
     return None
 
@@ -75,7 +75,7 @@ def bad_input_message(exc: BaseException) -> str | None:
     import pyarrow as pa
 
     from pipeline.importers import TraceFormatError
-    from pipeline.runstore import RunError
+    from pipeline.errors import RunError
     from queries.runner import DetectorError
 
     tb = exc.__traceback__
@@ -92,11 +92,10 @@ def bad_input_message(exc: BaseException) -> str | None:
         return f"{_where(_open_file_in(tb))}not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
     if isinstance(exc, OSError):
         what = _OS_ERRORS.get(exc.errno, exc.strerror or str(exc))
-        path = exc.filename if exc.filename is not None else _open_file_in(tb)
+        path = exc.filename if exc.filename is not None else (_open_file_in(tb) or _chunk_in(tb))
         hint = " (free some space; finished chunks stay readable)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         return f"{_where(path and str(path))}{what}{hint}"
-    if isinstance(exc, (pa.ArrowInvalid, pa.ArrowIOError)) or isinstance(exc, (duckdb.IOException,
-                                                                               duckdb.InvalidInputException)):
+    if isinstance(exc, (pa.ArrowInvalid, pa.ArrowIOError, duckdb.IOException, duckdb.InvalidInputException)):
         return f"{_where(_chunk_in(tb))}damaged run data: {exc}"
     return None
 
@@ -136,12 +135,13 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def run_guarded(invoke):
-    """Call a command; map what it raises to an exit code. Click's own exits pass through."""
+    """Call a command; map what it raises to an exit code. Typer's own exits and usage errors pass
+    through (typer.TyperException is the base of its vendored click's ClickException)."""
     try:
         result = invoke()
         sys.stdout.flush()  # a closed pipe shows up here for short outputs
         return result
-    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+    except (typer.Exit, typer.Abort, typer.TyperException):
         raise
     except BaseException as exc:  # noqa: BLE001 - this is the boundary every failure goes through
         if isinstance(exc, SystemExit):

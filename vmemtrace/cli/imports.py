@@ -37,35 +37,52 @@ def import_jsonl_cmd(
 
 @import_app.command("qemu-log")
 def import_qemu_log_cmd(
-    files: Annotated[list[Path], typer.Argument(help="QEMU trace logs (-msg timestamp=on -D FILE); "
-                                                "gzip accepted.", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(help="QEMU trace output: a -D log or stderr (log backend, any "
+                                                "prefix form), syslog lines or journalctl output (short, "
+                                                "short-iso, short-monotonic, json); gzip accepted.",
+                                                show_default=False)],
     run: RunOpt,
-    pid: Annotated[Optional[int], typer.Option(help="QEMU's process id [default: the process kernel-side "
-                                               "events in the run put the log's threads in, else the "
-                                               "smallest thread id in the log].", show_default=False)] = None,
-    clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the log's wall "
-                                                        "clock to get CLOCK_MONOTONIC [default: aligned "
-                                                        "on the run's memslot ioctls, else this host's "
-                                                        "current offset].", show_default=False)] = None,
+    pid: Annotated[Optional[int], typer.Option(help="QEMU's process id [default: the syslog/journal PID, else the "
+                                               "process kernel-side events in the run put the log's threads "
+                                               "in, else the main thread when the log proves it, else 0 "
+                                               "(unknown, said in the manifest)].", show_default=False)] = None,
+    comm: Annotated[Optional[str], typer.Option(help="Process name for rows whose thread name the log does not "
+                                                "give [default: qemu-system].", show_default=False)] = None,
+    clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the log's times to get "
+                                                        "CLOCK_MONOTONIC [default: aligned on the run's "
+                                                        "kernel-side memslot ioctls, else the log keeps its "
+                                                        "own clock].", show_default=False)] = None,
+    host: Annotated[Optional[str], typer.Option(help="Host the log was recorded on [default: what syslog or the "
+                                                "journal says, else unknown].", show_default=False)] = None,
+    kernel: Annotated[Optional[str], typer.Option(help="Kernel release of that host [default: unknown].",
+                                                  show_default=False)] = None,
+    qemu_version: Annotated[Optional[str], typer.Option(help="QEMU version that wrote the log [default: the QMP "
+                                                        "greeting in the log, else unknown].",
+                                                        show_default=False)] = None,
     skip_bad: SkipBadOpt = False,
 ) -> None:
-    """Import QEMU's own trace log (memslot updates, RAM discards, balloon, bitmap syncs).
+    """Import QEMU's own trace output: memslots, its view of DMA mappings, balloon, virtio-mem, RAM
+    discards, vCPU runs, dirty tracking, PCI config writes.
 
-    A malformed line stops the import with its file and line number unless --skip-bad;
-    events vmemtrace does not use are counted, not errors.
+    A known event whose arguments do not parse stops the import with its file, line and field
+    unless --skip-bad; lines that are not trace lines are counted, events outside the catalogue
+    are counted by name. Nothing is written when the import is rejected.
     """
     from pipeline.importers import TraceFormatError
     from pipeline.importers.qemu_log import import_qemu_log
 
     try:
-        res = import_qemu_log(files, run, pid=pid, clock_offset_ns=clock_offset, skip_bad=skip_bad)
+        res = import_qemu_log(files, run, pid=pid, comm=comm, clock_offset_ns=clock_offset, skip_bad=skip_bad,
+                              host=host, kernel=kernel, qemu_version=qemu_version)
     except (TraceFormatError, RunError) as e:
         fail(str(e))
-    a = res["alignment"]
-    rows = counts_text(res["rows"])
-    residual = "" if a.residual_ns is None else f", residual {a.residual_ns} ns over {a.matched} events"
-    out.print(f"imported into {run}: {rows}; unknown events {sum(res['unknown'].values())}; bad lines "
-              f"{res['bad']}; clock: {a.method}{residual}", markup=False, highlight=False)
+    clock = res["clock"]
+    residual = "" if clock["residual_ns"] is None else \
+        f", residual {clock['residual_ns']} ns over {clock['matched_events']} events"
+    out.print(f"imported into {run}: {counts_text(res['rows'])}; unknown events {sum(res['unknown'].values())}; "
+              f"non-trace lines {res['non_trace']}; bad lines {res['bad']}; clock: {clock['domain']} "
+              f"(alignment {clock['alignment']}{residual}); pid: {res['pid'] if res['pid'] is not None else 0} "
+              f"({res['pid_from']})", markup=False, highlight=False)
 
 
 @import_app.command("ftrace")

@@ -13,7 +13,7 @@ from vmemtrace.cli.detect import load_detectors_or_fail
 
 def findings_or_detect(r):
     """The findings of the last `vmemtrace detect` on run `r`, running the detectors first if there
-    are none."""
+    are none for the run as it is now."""
     from pipeline.findings_store import has_findings, load_findings, save_findings
     from queries.runner import DetectorError, run_detectors
 

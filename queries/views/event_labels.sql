@@ -1,3 +1,5 @@
+-- module: event_labels
+-- uses: base
 -- event_labels: every event of every family as one line a person can read, for reports.
 -- Columns:
 --   event_id, ts_ns, end_ns, pid, tid, comm   the envelope (end_ns: syscall exit, else NULL)
@@ -9,8 +11,7 @@ CREATE OR REPLACE VIEW event_labels AS
 SELECT event_id, ts_ns, end_ns, pid, tid, comm, 'discards' AS family, 'discard' AS lane, syscall AS what,
        CASE WHEN syscall = 'fallocate' THEN printf('fallocate(fd %d, mode 0x%x) offset 0x%x +0x%x', fd, mode, "offset", size)
             ELSE printf('%s(0x%x, 0x%x, %s)', syscall, hva_start, size,
-                        CASE advice WHEN 4 THEN 'MADV_DONTNEED' WHEN 8 THEN 'MADV_FREE' WHEN 9 THEN 'MADV_REMOVE'
-                                    WHEN 24 THEN 'MADV_DONTNEED_LOCKED' ELSE advice::VARCHAR END) END
+                        madv_name(advice)) END
        || coalesce(' = ' || ret, '') AS label
 FROM discards
 UNION ALL
