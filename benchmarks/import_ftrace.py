@@ -124,6 +124,7 @@ def main() -> None:
                 "peak_rss_bytes": {"duckdb": max(base_rss), "import": max(imp_rss)},
             })
             trace.unlink()
+            print(json.dumps(results[-1]), flush=True)  # each size as soon as it is measured
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'lines':>11} {'duckdb s (min/med/max)':>24} {'import s (min/med/max)':>24} {'ratio':>6} "
