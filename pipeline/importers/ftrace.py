@@ -7,15 +7,16 @@ Event line layouts read (kernel trace_output.c / trace.c, trace-cmd's trace-read
       <idle>-0       0d..1 12345.678901: ...                                  (trace-cmd report -l)
 with or without the TGID column, with 0 or 1-7 flag characters, comms with spaces and dashes, and
 leading blanks or none. Header lines (`#...`, `cpus=N`, `CPU N is empty`, `version = N`) are skipped;
-`CPU:N [LOST M EVENTS]` (tracefs) and `CPU:N [M EVENTS DROPPED]` (trace-cmd) become lost_events rows.
+`CPU:N [LOST M EVENTS]` (tracefs) and `CPU:N [M EVENTS DROPPED]` / `CPU:N [EVENTS DROPPED]` (trace-cmd)
+become lost_events rows.
 Any other line is counted as a non-trace line (count and first line numbers in the manifest), except
 the continuation of an event line that a mail client wrapped, which is joined back (counted too).
 
 The file prefix of a multi-file trace-cmd report keeps each file's threads apart: the first file's
 ids stay as they are, the k-th file's ids are moved up by k * PID_MAX_LIMIT (manifest: namespaces).
 Without a TGID column, QEMU's threads (`CPU n/KVM`, `IO ...`, `qemu-system-*`, `vhost-N`) are grouped
-into one process per file (the pid of vhost-N workers, else --pid, else the smallest QEMU thread id as
-a stand-in); other threads' ids stand in for their process; the manifest's pid_from says which.
+into one process per file (--pid, else the process a vhost-N worker is named after, else the smallest
+QEMU thread id as a stand-in); other threads' ids stand in for their process; pid_from says which.
 
 Times are the trace clock's. The clock is what the trace states (a pasted tracefs `trace_clock` line)
 or what --trace-clock says; mono gives CLOCK_MONOTONIC, any clock plus --clock-offset is aligned,
