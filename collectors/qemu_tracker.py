@@ -155,17 +155,28 @@ class QemuTracker:
                 else:
                     probes.setdefault(f.symbol, "missing")
                 continue
-            self.bpf.attach_uprobe(name=path, addr=addr, fn_name=f"qemu_enter_{i}")
-            self.bpf.attach_uretprobe(name=path, addr=addr, fn_name=f"qemu_return_{i}")
+            try:
+                self.bpf.attach_uprobe(name=path, addr=addr, fn_name=f"qemu_enter_{i}")
+                self.bpf.attach_uretprobe(name=path, addr=addr, fn_name=f"qemu_return_{i}")
+            except Exception as e:  # bcc raises a bare Exception; the kernel's reason is on stderr
+                self.say(f"QEMU {path}: could not attach to {f.symbol} ({e})")
+                probes[f.symbol] = "missing"
+                continue
             probes[f.symbol] = "uprobe"
         # USDT last: raising a probe's semaphore lets QEMU fire it, so the uprobes go in first.
         for probe, sites in plan.items():
-            if sites:
+            if not sites:
+                continue
+            try:
                 for site in sites:
-                    self._set_spec(self._slots, USDT_BY_NAME[probe], USDT_EVENTS[USDT_BY_NAME[probe]].string_arg, site)
-                    usdt.attach(self.bpf, binary.path, site, f"qemu_usdt_{self._slots}")
+                    self._set_spec(self._slots, USDT_BY_NAME[probe], USDT_EVENTS[USDT_BY_NAME[probe]].string_arg,
+                                   site)
                     self._slots += 1
+                    usdt.attach(self.bpf, binary.path, site, f"qemu_usdt_{self._slots - 1}")
                 probes[probe] = "usdt"
+            except OSError as e:  # e.g. another tracer holds the site with another semaphore counter
+                self.say(f"QEMU {path}: {e}")
+                probes[probe] = "missing"
         from pipeline.runstore import monotonic_ns
 
         tb = TracedBinary(binary, dict(sorted(probes.items())), sorted(not_in_version), monotonic_ns())
