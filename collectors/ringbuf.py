@@ -55,12 +55,15 @@ class RingReader:
             return np.empty(0, self.record)
         start = cons & self.mask
         slots = self._data[start:start + n * self.stride].view(self.slot)
-        busy = (slots["hdr_len"] & BUSY_BIT) != 0
-        if busy.any():
-            n = int(np.argmax(busy))  # stop at the first record still being written
-            slots = slots[:n]
-        keep = (slots["hdr_len"] & DISCARD_BIT) == 0
-        out = slots["rec"][keep].copy()
+        flags = slots["hdr_len"] & (BUSY_BIT | DISCARD_BIT)
+        if not flags.any():  # the usual case: every record committed, none discarded; one copy
+            out = slots["rec"].copy()
+        else:
+            busy = (flags & BUSY_BIT) != 0
+            if busy.any():
+                n = int(np.argmax(busy))  # stop at the first record still being written
+                slots, flags = slots[:n], flags[:n]
+            out = slots["rec"][(flags & DISCARD_BIT) == 0]  # boolean indexing copies
         self._cons[0] = cons + n * self.stride
         return out
 

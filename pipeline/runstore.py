@@ -148,7 +148,10 @@ def write_parquet(path: Path, table: pa.Table) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            # Dictionary-encode only the strings: trying it on every integer column (timestamps, ids,
+            # addresses: high cardinality) doubled the cost of writing a collector's chunk.
+            pq.write_table(table, fh, compression="zstd",
+                           use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)])
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -785,6 +788,9 @@ def _table_from_columns(fam: Family, data: dict[str, Any]) -> pa.Table:
     for name, values in data.items():
         if isinstance(values, (pa.Array, pa.ChunkedArray)):
             cols[name] = values
+            continue
+        if isinstance(values, np.ndarray) and values.dtype != object:  # typed already: no Python per value
+            cols[name] = pa.array(values)
             continue
         f = fam.schema.field(name) if name in fam.schema.names else None
         try:

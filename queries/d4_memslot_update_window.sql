@@ -15,7 +15,8 @@
 --   GPA ends. Severity follows from evidence: `high` when a vCPU of the process was inside
 --   KVM_RUN during the window (vcpu_in_run: a traced KVM_RUN, a QEMU kvm_run_exit /
 --   kvm_vcpu_ioctl, a kvm_userspace_exit or a guest access); `info` before the process's first
---   vCPU run ("before first vCPU run"), or when the window was unreachable (inside QEMU's
+--   vCPU run ("before first vCPU run"), or when the window was unreachable (KVM_RUN traced entry
+--   to exit and no vCPU inside it during the window, inside QEMU's
 --   ioctl_inhibit_begin/end, or every QEMU the sessions name is >= 8.0, which inhibits vCPU
 --   ioctls around such commits); else `medium`, saying what would decide it. `info` (kind
 --   region_off_on): the range came back identical (same GPA, size and HVA) or a QEMU
@@ -81,6 +82,7 @@ WITH bounded AS (
             WHERE v.pid = w.pid AND v.run_start_ns < w.closed_ns
               AND (v.run_end_ns IS NULL OR v.run_end_ns > w.ts_ns)) AS run_evidence,
            k.pid IS NOT NULL AS run_known,
+           t.pid IS NOT NULL AS run_traced,
            (SELECT arg_max(m.event, (m.ts_ns, m.event_id)) = 'ioctl_inhibit_begin' FROM inhibit_marks m
             WHERE m.pid = w.pid AND m.ts_ns <= w.ts_ns)
              AND NOT EXISTS (SELECT 1 FROM inhibit_marks m
@@ -95,11 +97,13 @@ WITH bounded AS (
     FROM windows w
     LEFT JOIN vcpu_first_run f ON f.pid = w.pid
     LEFT JOIN vcpu_run_known k ON k.pid = w.pid
+    LEFT JOIN kvm_run_traced t ON t.pid = w.pid
 ), classified AS (
     SELECT j.*, c.decoding AS command_decoding, c.detail AS command_device, c.cfg_value AS command_value,
            CASE WHEN j.identical OR j.two_transactions THEN 'off_on'
                 WHEN j.run_evidence IS NOT NULL THEN 'reachable'
                 WHEN j.first_ns IS NOT NULL AND j.ts_ns < j.first_ns THEN 'before_first_run'
+                WHEN j.run_traced THEN 'not_running'
                 WHEN coalesce(j.inhibited, false) THEN 'inhibited'
                 WHEN j.qemu_inhibits THEN 'new_qemu'
                 ELSE 'unknown' END AS verdict
@@ -132,10 +136,11 @@ WITH bounded AS (
                       CASE verdict
                           WHEN 'reachable' THEN printf('a vCPU was inside KVM_RUN during the window (event %d): update the slots atomically (QEMU >= 8.0 pauses vCPUs around such commits)', run_evidence)
                           WHEN 'before_first_run' THEN 'before first vCPU run'
+                          WHEN 'not_running' THEN 'unreachable: KVM_RUN was traced and no vCPU was inside it during the window'
                           WHEN 'inhibited' THEN 'unreachable: QEMU held vCPU ioctls off (ioctl_inhibit_begin) around it'
                           WHEN 'new_qemu' THEN printf('unreachable: QEMU %s inhibits vCPU ioctls around commits that delete and re-add overlapping ranges', qemu_version)
                           ELSE CASE WHEN run_known
-                                    THEN 'no vCPU was seen inside KVM_RUN during it, but KVM_RUN itself was not traced, so it may have run: trace KVM_RUN (collector vcpu_runs) or give the QEMU version to decide'
+                                    THEN 'no vCPU was seen inside KVM_RUN during it, but KVM_RUN entries and exits were not traced, so one may have run: trace KVM_RUN (collector vcpu_runs) or give the QEMU version (>= 8.0 inhibits vCPUs) to decide'
                                     ELSE 'no vCPU activity traced for this process, so it may have run: trace KVM_RUN (collector vcpu_runs) or give the QEMU version (>= 8.0 inhibits vCPUs) to decide' END
                       END)
            END AS message

@@ -34,7 +34,7 @@ from queries.runner import connect
 from reports.baseline import comparison_key
 from reports.address_space import pictures
 from reports.overview import finding_density, overview, process_summary
-from reports.timeline import duration, mapping_lifetimes, timeline
+from reports.timeline import duration, mapping_lifetimes, memslot_gaps, timeline
 from reports.verdict import verdict
 
 MAX_CARDS = 100          # finding cards with pictures and evidence
@@ -161,8 +161,11 @@ def write_report(run: Run, findings: pa.Table, statuses: list[dict], out: Path) 
     data = report_data(run, con, findings, statuses)
     lifetimes = mapping_lifetimes(con, [e["event_id"] for f in data["findings"] for e in f["evidence"]
                                         if e["lane"] == "dma"])
+    gaps = memslot_gaps(con, [e["event_id"] for f in data["findings"] for e in f["evidence"]
+                              if e["what"] == "memslot_delete"])
     for f in data["findings"]:
-        f["timeline"] = timeline(f["evidence"], (f["ts_start_ns"], f["ts_end_ns"]), lifetimes) if f["evidence"] else None
+        f["timeline"] = (timeline(f["evidence"], (f["ts_start_ns"], f["ts_end_ns"]), lifetimes, gaps)
+                         if f["evidence"] else None)
     addr = pictures(con, data["findings"])
     for f in data["findings"]:
         f["address"] = addr.get(f["finding_id"])

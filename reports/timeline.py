@@ -1,8 +1,8 @@
 """A finding's timeline: its evidence events on lanes by kind, x = time, with lifetimes as bars.
 
 DMA mapping lifetimes come from the dma_mappings view (the map/unmap pairing is the view's job:
-same process, container and overlapping IOVA); a mapping still live at the right edge, or
-unmapped after it, runs to the edge.
+same process, container and overlapping IOVA), and a deleted memslot's gap ends when
+memslot_timeline has the same slot back; a bar whose end is past the right edge runs to the edge.
 """
 
 from __future__ import annotations
@@ -43,8 +43,22 @@ def mapping_lifetimes(con, event_ids: list[int]) -> dict[int, dict]:
     return {e: {"unmapped_ns": u, "unmap_event_id": ue} for e, u, ue in rows}
 
 
+def memslot_gaps(con, event_ids: list[int]) -> dict[int, dict]:
+    """{memslot delete event_id: {unmapped_ns, unmap_event_id}}: when the same slot (process, VM,
+    address space, slot) got memory again, from memslot_timeline."""
+    if not event_ids:
+        return {}
+    rows = con.execute("""
+        SELECT d.event_id, min(t.valid_from), arg_min(t.event_id, t.valid_from)
+        FROM memslots d LEFT JOIN memslot_timeline t
+          ON t.pid = d.pid AND t.vm_fd = d.vm_fd AND t.as_id = d.as_id AND t.slot = d.slot AND t.valid_from > d.ts_ns
+        WHERE d.event_id IN (SELECT unnest(?::BIGINT[])) AND d.size = 0
+        GROUP BY d.event_id""", [event_ids]).fetchall()
+    return {e: {"unmapped_ns": t, "unmap_event_id": te} for e, t, te in rows}
+
+
 def timeline(evidence: list[dict], window: tuple[int | None, int | None],
-             lifetimes: dict[int, dict]) -> Timeline:
+             lifetimes: dict[int, dict], gaps: dict[int, dict]) -> Timeline:
     times = [e["ts_ns"] for e in evidence] + [t for t in window if t is not None]
     t0, t1 = min(times), max(times)
     pad = max((t1 - t0) * 0.05, 1)
@@ -66,11 +80,13 @@ def timeline(evidence: list[dict], window: tuple[int | None, int | None],
             title = ("DMA mapping live until the run ended" if life["unmapped_ns"] is None else
                      f"DMA mapping live until event {life['unmap_event_id']} (+{duration(end - e['ts_ns'])})")
             kind = ("dma", "mapping", title, life["unmap_event_id"])
-        # A deleted memslot until a slot is set again; a hint round from its bitmap sync to the
-        # next QEMU event (else to the right edge).
-        elif e["what"] == "memslot_delete":
-            end = next((o["ts_ns"] for o in later if o["what"] == "memslot_set"), t1)
-            kind = ("memslot", "gap", "no memslot", None)
+        elif e["event_id"] in gaps:
+            gap = gaps[e["event_id"]]
+            end = gap["unmapped_ns"] if gap["unmapped_ns"] is not None else t1
+            kind = ("memslot", "gap", "no memslot" if gap["unmapped_ns"] is None else
+                    f"no memslot until event {gap['unmap_event_id']} (+{duration(end - e['ts_ns'])})",
+                    gap["unmap_event_id"])
+        # A hint round from its bitmap sync to the next QEMU event (else to the right edge).
         elif e["what"] == "bitmap_sync_end":
             end = next((o["ts_ns"] for o in later if o["lane"] == "qemu"), t1)
             kind = ("qemu", "round", "hint round", None)

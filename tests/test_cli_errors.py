@@ -210,3 +210,13 @@ def test_usage_errors_are_2(cli):
     assert cli("detect", "--format", "xml", "x").exit_code == 2
     assert cli("detect", "--no-such-option").exit_code == 2
     assert cli("frobnicate").exit_code == 2
+
+
+def test_read_only_run_is_detected_with_findings_elsewhere(small_mount, demo_run, tmp_path, cli):
+    shutil.copytree(demo_run, small_mount / "run")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
+    res = cli("detect", small_mount / "run")
+    assert res.exit_code == 2 and "read-only file system" in one_error_line(res)
+    res = cli("detect", small_mount / "run", "--out", tmp_path / "findings")
+    assert res.exit_code == 1 and f"findings written to {tmp_path / 'findings'}" in res.stdout
+    assert (tmp_path / "findings" / "findings.parquet").is_file()

@@ -19,9 +19,9 @@ from pipeline.runstore import open_run
 from tests.test_collectors_real import ROOT, VMEMTRACE, can_trace  # noqa: F401  (root, tracefs, bcc)
 from tests.workloads.io_uring_pin import DISCARD
 
-D1_READS_IO_URING = "io_uring" in (ROOT / "queries" / "views" / "20_dma_mappings.sql").read_text()
+D1_READS_IO_URING = "io_uring" in (ROOT / "queries" / "views" / "pins.sql").read_text()
 D1_MISSING = ("D1 does not read io_uring pins yet: engineer sql's dma_mappings/D1 support for api "
-              "io_uring (queries/views/20_dma_mappings.sql) has not reached this branch")
+              "io_uring (queries/views/pins.sql) has not reached this branch")
 
 
 def collect_pin(tmp_path: Path, mode: str) -> tuple[Path, dict]:

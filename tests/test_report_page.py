@@ -258,3 +258,23 @@ def test_real_balloon_run_in_chromium(tmp_path, cli, browser):  # noqa: F811
     assert "MiB/s" in browser.find_element(By.ID, "overview").text
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "report-balloon.png"))
+
+
+def test_real_kvm_boot_memslot_gaps_end_when_the_same_slot_returns(tmp_path, cli):
+    """D4 on the real KVM boot run: QEMU deletes slots and re-adds them, several slots at once.
+    Each gap bar ends at the next memslot call giving the same slot memory, not at whichever
+    memslot event of the evidence comes next."""
+    shutil.copytree(FIXTURES / "real" / "kvm-boot" / "run", tmp_path / "run")
+    res = cli("report", tmp_path / "run")
+    assert res.exit_code == 0
+    slots = open_run(tmp_path / "run").read_family("memslots").to_pylist()
+    gaps = [a for t, a in parse(Path(res.stdout.strip())).tags
+            if t == "rect" and "s-gap" in (a.get("class") or "")]
+    assert len(gaps) >= 4
+    by_id = {s["event_id"]: s for s in slots}
+    for g in gaps:
+        d = by_id[int(g["data-start-event"])]
+        later = [s for s in slots if (s["pid"], s["vm_fd"], s["as_id"], s["slot"]) == (d["pid"], d["vm_fd"], d["as_id"], d["slot"])
+                 and s["ts_ns"] > d["ts_ns"] and s["size"] and not s["ret"]]
+        expected = min(later, key=lambda s: s["ts_ns"])["event_id"] if later else None
+        assert g["data-end-event"] == (str(expected) if expected is not None else "")

@@ -101,7 +101,7 @@ def event_sql(ev: Event) -> str:
                       END AS m FROM (
             SELECT *, regexp_full_match(args, {p_sql}) AS ok, {token_generation(ev)} AS tgen FROM (
               SELECT line_no, tid, tname, t_ns, t_kind, pid_hint, ident, args, string_split(trim(args), ' ') AS tk
-              FROM env WHERE event = {sql_str(ev.name)}))))))"""
+              FROM env WHERE event = {sql_str(ev.name)} AND NOT prefix_bad))))))"""
 
 
 @dataclass
@@ -185,7 +185,7 @@ def _scan_batch(stage: _Stage, scan: Scan, path: Path, file_idx: int, seq_base: 
     bad: list[tuple[int, str, str]] = []   # (line, field, why)
     for line_no, event, tid_bad in con.execute(
             "SELECT line_no, event, tid_bad FROM env WHERE event IN "
-            f"({', '.join(map(sql_str, EVENTS))}) AND (tid_bad OR (t_kind IS NOT NULL AND t_ns IS NULL)) ORDER BY line_no").fetchall():
+            f"({', '.join(map(sql_str, EVENTS))}) AND prefix_bad ORDER BY line_no").fetchall():
         bad.append((line_no, "thread id" if tid_bad else "time", f"{event}: the line's {'thread id' if tid_bad else 'time stamp'} "
                     "is out of range"))
     for name in events:

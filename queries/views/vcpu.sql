@@ -42,3 +42,8 @@ FROM vcpu_in_run GROUP BY pid;
 -- vcpu_run_known: processes with any KVM_RUN evidence at all (vcpu_runs rows, exits, accesses).
 CREATE OR REPLACE TEMP VIEW vcpu_run_known AS
 SELECT DISTINCT pid FROM vcpu_in_run;
+
+-- kvm_run_traced: processes whose KVM_RUN ioctls were traced entry to exit (a collector's
+-- vcpu_runs op run): for them, no run over an instant means no vCPU was inside KVM_RUN then.
+CREATE OR REPLACE TEMP VIEW kvm_run_traced AS
+SELECT DISTINCT pid FROM vcpu_runs WHERE op = 'run';

@@ -49,11 +49,14 @@ def detect(
                                                      "in it (same detector, kind, process name and "
                                                      "guest/device ranges) are reported as known and "
                                                      "do not fail.", show_default=False)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the stored findings, for a "
+                                                    "run that is read-only (an archived CI artifact) "
+                                                    "[default: RUN/findings].", show_default=False)] = None,
     only: Annotated[Optional[list[str]], typer.Option("--detector", "-D",
                                                       help="Run only this detector id (repeatable).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the detectors and exit.")] = False,
 ) -> None:
-    """Run the detectors over a run; store findings in RUN/findings/ (Parquet and CSV).
+    """Run the detectors over a run; store findings in RUN/findings/ or --out (Parquet and CSV).
 
     Prints a summary table, JSON (--json) or JUnit XML (--format junit). Exit 1 when a finding
     not in --baseline is at or above --fail-on, 0 otherwise, 2 on bad input.
@@ -92,7 +95,7 @@ def detect(
     except DetectorError as e:
         fail(str(e))
     statuses = [vars(s) for s in result.statuses]
-    save_findings(r, result.findings, statuses)
+    save_findings(r, result.findings, statuses, out_dir=out_dir)
     findings = result.findings.to_pylist()
     known = known_flags(findings, known_keys)
 
@@ -105,7 +108,7 @@ def detect(
 
         print(junit_xml(r.path.name, statuses, findings, known, None if fail_on == "none" else fail_on), end="")
     else:
-        _print_summary(r, statuses, findings, known, detectors)
+        _print_summary(r, statuses, findings, known, detectors, out_dir)
 
     if fail_on != "none" and any(not k and severity_rank(f["severity"]) <= severity_rank(fail_on)
                                  for f, k in zip(findings, known)):
@@ -124,7 +127,7 @@ def _print_list(detectors, fmt: str) -> None:
     out.print(t)
 
 
-def _print_summary(r, statuses, findings, known, detectors) -> None:
+def _print_summary(r, statuses, findings, known, detectors, out_dir) -> None:
     if r.state != "clean":
         say(f"warning: run stopped {r.state}; events after the last chunk may be missing", to_err=True)
     needs = {d.id: needs_text(d) for d in detectors}
@@ -139,4 +142,6 @@ def _print_summary(r, statuses, findings, known, detectors) -> None:
     lost = r.manifest.get("lost", {})
     if lost:
         say("lost events: " + ", ".join(f"{k} {v}" for k, v in lost.items()))
-    say(f"findings written to {r.path / 'findings'}")
+    from pipeline.findings_store import findings_dir
+
+    say(f"findings written to {findings_dir(r, out_dir)}")

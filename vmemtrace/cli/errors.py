@@ -75,7 +75,7 @@ def bad_input_message(exc: BaseException) -> str | None:
     import pyarrow as pa
 
     from pipeline.importers import TraceFormatError
-    from pipeline.runstore import RunError
+    from pipeline.errors import RunError
     from queries.runner import DetectorError
 
     tb = exc.__traceback__
@@ -95,8 +95,7 @@ def bad_input_message(exc: BaseException) -> str | None:
         path = exc.filename if exc.filename is not None else (_open_file_in(tb) or _chunk_in(tb))
         hint = " (free some space; finished chunks stay readable)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         return f"{_where(path and str(path))}{what}{hint}"
-    if isinstance(exc, (pa.ArrowInvalid, pa.ArrowIOError)) or isinstance(exc, (duckdb.IOException,
-                                                                               duckdb.InvalidInputException)):
+    if isinstance(exc, (pa.ArrowInvalid, pa.ArrowIOError, duckdb.IOException, duckdb.InvalidInputException)):
         return f"{_where(_chunk_in(tb))}damaged run data: {exc}"
     return None
 

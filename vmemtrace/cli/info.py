@@ -59,8 +59,9 @@ def summary(run) -> dict[str, Any]:
                      for f in sorted(set(rows) | set(lost)) if rows.get(f, 0) or lost.get(f, 0)},
         "detectors": None,
     }
-    from pipeline.findings_store import has_findings, load_findings
+    from pipeline.findings_store import findings_dir, has_findings, load_findings
 
+    data["findings_stale"] = (findings_dir(run) / "findings.parquet").exists() and not has_findings(run)
     if has_findings(run):
         _, statuses = load_findings(run)
         data["detectors"] = [{"id": s["id"], "title": s["title"], "status": s["status"],
@@ -99,5 +100,7 @@ def info(run: RunArg,
             sev = ", ".join(f"{n} {k}" for k, n in sorted(s["by_severity"].items(), key=lambda kv: severity_rank(kv[0]))) or "none"
             t.add_row(cell(f"{s['id']} {s['title']}"), cell(status_text(s)), cell(sev if s["status"] == "ran" else "-"))
         out.print(t)
+    elif data["findings_stale"]:
+        say("detectors: stored findings are stale (the run changed since; run vmemtrace detect again)")
     else:
         say("detectors: not run yet (vmemtrace detect RUN)")
