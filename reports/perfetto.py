@@ -186,8 +186,9 @@ def export_perfetto(run: Run, findings: pa.Table, out: Path) -> dict[str, Any]:
         for m, lane in zip(maps, lanes):
             pid, api, eid, ueid, t0, t1, v0, v1, i0, i1, flags = m
             track = w.child(pid, "DMA mappings" + (f" #{lane + 1}" if lane else ""))
-            w.slice(track, t0, t1 if t1 is not None else span_end, f"{api} IOVA {_hex_range(i0, i1)}",
-                    {"vaddr": _hex_range(v0, v1), "iova": _hex_range(i0, i1), "size": i1 - i0,
+            name = f"{api} IOVA {_hex_range(i0, i1)}" if i0 is not None else f"{api} vaddr {_hex_range(v0, v1)}"
+            w.slice(track, t0, t1 if t1 is not None else span_end, name,
+                    {"vaddr": _hex_range(v0, v1), "iova": _hex_range(i0, i1) or None, "size": v1 - v0,
                      "map_event_id": eid, "unmap_event_id": ueid, "flags": flags,
                      "still_mapped_at_end": t1 is None})
 
