@@ -244,6 +244,11 @@ def test_real_balloon_run_in_chromium(tmp_path, cli, browser):  # noqa: F811
     verdict = browser.find_element(By.ID, "verdict").text
     assert verdict.splitlines()[0].startswith("info")
     assert "not applicable: the run has no dma" in verdict  # D1: no VFIO device here, not an error
+    _, statuses = load_findings(run)
+    for st in statuses:
+        if st.get("outcome") == "no relevant events":  # D3: QEMU rows, but no hints or reports
+            assert f"{st['id']} {st['title']}: ran: no relevant events" in verdict
+    assert "error" not in verdict
     assert "QEMU emulator version 7.2" in verdict
     lane = browser.find_element(By.CSS_SELECTOR, 'g[data-lane="balloon size"]')
     target = lane.find_element(By.CSS_SELECTOR, 'polyline[data-series="target"]')
