@@ -195,7 +195,7 @@ class Overview:
                 if v is not None:
                     y = base - v / peak * (lane.height - 2)
                     pts += [f"{self._bin_x(b):.1f},{y:.1f}", f"{self._bin_x(b) + w:.1f},{y:.1f}"]
-            lane.series.append({"cls": cls, "points": " ".join(pts), "label": name})
+            lane.series.append({"cls": cls, "points": " ".join(pts), "label": f"balloon {name}"})
             last = next(v for v in reversed(vals) if v is not None)
             notes.append(f"{name} {last:,.0f} MiB at end")
         lane.note = f"MiB in the balloon, 0-{peak:,.0f}; " + "; ".join(notes)

@@ -251,12 +251,12 @@ def test_real_balloon_run_in_chromium(tmp_path, cli, browser):  # noqa: F811
     assert "error" not in verdict
     assert "QEMU emulator version 7.2" in verdict
     lane = browser.find_element(By.CSS_SELECTOR, 'g[data-lane="balloon size"]')
-    target = lane.find_element(By.CSS_SELECTOR, 'polyline[data-series="target"]')
+    target = lane.find_element(By.CSS_SELECTOR, 'polyline[data-series="balloon target"]')
     ys = [float(p.split(",")[1]) for p in target.get_attribute("points").split()]
     assert len(set(ys)) == 2  # 256 MiB in the balloon, then 0 again: the two QMP targets
     qemu = run.read_family("qemu")
     con_has_actual = pc.sum(pc.equal(qemu["event"], "balloon_set_config")).as_py()
-    actual = lane.find_elements(By.CSS_SELECTOR, 'polyline[data-series="actual"]')
+    actual = lane.find_elements(By.CSS_SELECTOR, 'polyline[data-series="balloon actual"]')
     assert bool(actual) == bool(con_has_actual)
     if not con_has_actual:
         assert "actual: not in the run" in lane.text
