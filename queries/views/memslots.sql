@@ -68,7 +68,7 @@ LEFT JOIN memslot_timeline t ON t.ended_by = d.event_id
 WHERE d.size = 0;
 
 -- _memslot_buckets (materialised): the timeline once per 1 GiB bucket of HVA and of GPA its
--- range touches, so that translating many events is a hash join on (pid, bucket) against the few
+-- range touches, so that translating many events is a join on (pid, bucket) against the few
 -- periods of that bucket, not every event against every memslot period of the process.
 CREATE OR REPLACE MACRO _bucket(a) AS (a >> 30)::BIGINT;
 CREATE OR REPLACE TEMP TABLE _memslot_hva_buckets AS
@@ -77,6 +77,30 @@ FROM memslot_timeline WHERE as_id = 0;
 CREATE OR REPLACE TEMP TABLE _memslot_gpa_buckets AS
 SELECT *, unnest(range(_bucket(gpa_start), _bucket(gpa_end - 1) + 1)) AS bucket
 FROM memslot_timeline WHERE as_id = 0;
+
+-- _memslot_*_segments (materialised): per (pid, bucket), the instants where the set of live
+-- periods changes, each with the periods live from it to the next (an empty list where none is).
+-- An event finds its segment by an ASOF join on ts_ns, so its cost does not grow with how often
+-- the memslots of its bucket changed over the run (a hash join on (pid, bucket) with the time as
+-- a filter met every period the bucket ever had).
+CREATE OR REPLACE MACRO _memslot_segments(buckets) AS TABLE
+WITH bounds AS (
+    SELECT DISTINCT pid, bucket, t
+    FROM (SELECT pid, bucket, valid_from AS t FROM query_table(buckets)
+          UNION ALL
+          SELECT pid, bucket, valid_to FROM query_table(buckets) WHERE valid_to IS NOT NULL)
+)
+SELECT b.pid, b.bucket, b.t AS seg_from,
+       list({'slot': p.slot, 'flags': p.flags, 'event_id': p.event_id,
+             'hva_start': p.hva_start, 'hva_end': p.hva_end,
+             'gpa_start': p.gpa_start, 'gpa_end': p.gpa_end}) FILTER (WHERE p.pid IS NOT NULL) AS periods
+FROM bounds b
+LEFT JOIN query_table(buckets) p
+  -- No boundary falls inside a segment: a period live at its start is live all through it.
+  ON p.pid = b.pid AND p.bucket = b.bucket AND live_at(b.t, p.valid_from, p.valid_to)
+GROUP BY b.pid, b.bucket, b.t;
+CREATE OR REPLACE TEMP TABLE _memslot_hva_segments AS FROM _memslot_segments(_memslot_hva_buckets);
+CREATE OR REPLACE TEMP TABLE _memslot_gpa_segments AS FROM _memslot_segments(_memslot_gpa_buckets);
 
 -- hva_to_gpa(tbl): tbl's rows (columns pid, ts_ns, hva_start, hva_end) with the piece of their
 -- HVA range inside each address-space-0 memslot live at ts_ns. A row no memslot backs comes out
@@ -87,16 +111,19 @@ FROM memslot_timeline WHERE as_id = 0;
 CREATE OR REPLACE MACRO hva_to_gpa(tbl) AS TABLE
 WITH _rows AS (
     SELECT *, row_number() OVER () AS _row FROM query_table(tbl)
-), _hits AS (
-    -- Each (row, period) pair meets once: in the bucket where their overlap starts.
-    SELECT r._row, s.slot, s.flags, s.event_id, s.hva_start AS s_hva, s.hva_end AS s_hva_end, s.gpa_start AS s_gpa
+), _candidates AS (
+    SELECT r._row, r.hva_start, r.hva_end, r.bucket, unnest(g.periods) AS s
     FROM (SELECT _row, pid, ts_ns, hva_start, hva_end,
                  unnest(range(_bucket(hva_start), _bucket(hva_end - 1) + 1)) AS bucket
           FROM _rows WHERE hva_start IS NOT NULL AND hva_end > hva_start) r
-    JOIN _memslot_hva_buckets s
-      ON s.pid = r.pid AND s.bucket = r.bucket AND live_at(r.ts_ns, s.valid_from, s.valid_to)
-     AND ranges_overlap(s.hva_start, s.hva_end, r.hva_start, r.hva_end)
-     AND r.bucket = _bucket(greatest(r.hva_start, s.hva_start))
+    ASOF JOIN _memslot_hva_segments g
+      ON g.pid = r.pid AND g.bucket = r.bucket AND r.ts_ns >= g.seg_from
+), _hits AS (
+    -- Each (row, period) pair meets once: in the bucket where their overlap starts.
+    SELECT _row, s.slot, s.flags, s.event_id, s.hva_start AS s_hva, s.hva_end AS s_hva_end, s.gpa_start AS s_gpa
+    FROM _candidates
+    WHERE ranges_overlap(s.hva_start, s.hva_end, hva_start, hva_end)
+      AND bucket = _bucket(greatest(hva_start, s.hva_start))
 )
 SELECT r.* EXCLUDE (_row), h.slot AS slot_id, h.flags AS slot_flags, h.event_id AS slot_event_id,
        greatest(r.hva_start, coalesce(h.s_hva, r.hva_start)) AS piece_hva_start,
@@ -111,14 +138,18 @@ LEFT JOIN _hits h ON h._row = r._row;
 -- backs are dropped (they name no guest RAM). Adds slot_id, slot_event_id, piece_gpa_start,
 -- piece_gpa_end, piece_hva_start, piece_hva_end.
 CREATE OR REPLACE MACRO gpa_to_hva(tbl) AS TABLE
-SELECT r.* EXCLUDE (bucket), s.slot AS slot_id, s.event_id AS slot_event_id,
-       greatest(r.gpa_start, s.gpa_start) AS piece_gpa_start,
-       least(r.gpa_end, s.gpa_end) AS piece_gpa_end,
-       s.hva_start + (greatest(r.gpa_start, s.gpa_start) - s.gpa_start) AS piece_hva_start,
-       s.hva_start + (least(r.gpa_end, s.gpa_end) - s.gpa_start) AS piece_hva_end
-FROM (SELECT *, unnest(range(_bucket(gpa_start), _bucket(gpa_end - 1) + 1)) AS bucket
-      FROM query_table(tbl) WHERE gpa_end > gpa_start) r
-JOIN _memslot_gpa_buckets s
-  ON s.pid = r.pid AND s.bucket = r.bucket AND live_at(r.ts_ns, s.valid_from, s.valid_to)
- AND ranges_overlap(s.gpa_start, s.gpa_end, r.gpa_start, r.gpa_end)
- AND r.bucket = _bucket(greatest(r.gpa_start, s.gpa_start));
+WITH _candidates AS (
+    SELECT r.*, unnest(g.periods) AS _s
+    FROM (SELECT *, unnest(range(_bucket(gpa_start), _bucket(gpa_end - 1) + 1)) AS bucket
+          FROM query_table(tbl) WHERE gpa_end > gpa_start) r
+    ASOF JOIN _memslot_gpa_segments g
+      ON g.pid = r.pid AND g.bucket = r.bucket AND r.ts_ns >= g.seg_from
+)
+SELECT * EXCLUDE (bucket, _s), _s.slot AS slot_id, _s.event_id AS slot_event_id,
+       greatest(gpa_start, _s.gpa_start) AS piece_gpa_start,
+       least(gpa_end, _s.gpa_end) AS piece_gpa_end,
+       _s.hva_start + (greatest(gpa_start, _s.gpa_start) - _s.gpa_start) AS piece_hva_start,
+       _s.hva_start + (least(gpa_end, _s.gpa_end) - _s.gpa_start) AS piece_hva_end
+FROM _candidates
+WHERE ranges_overlap(_s.gpa_start, _s.gpa_end, gpa_start, gpa_end)
+  AND bucket = _bucket(greatest(gpa_start, _s.gpa_start));
