@@ -29,7 +29,7 @@ GROUP BY ALL;
 -- 2 ram_block_discard_range (uprobe or QEMU log), else 3 balloon_page / virtio_mem_unplug (GPAs
 -- from QEMU's log).
 CREATE OR REPLACE TEMP VIEW _discard_sources AS
-WITH raw AS (
+WITH raw AS NOT MATERIALIZED (
     SELECT event_id, ts_ns, end_ns, pid, tid, comm, syscall AS source, 1 AS class,
            syscall || '(' || madv_name(advice) || ')' AS what, advice, NULL::INTEGER AS fd,
            hva_start, hva_start + size AS hva_end, NULL::UBIGINT AS gpa_start, NULL::UBIGINT AS gpa_end,
@@ -54,9 +54,12 @@ WITH raw AS (
            NULL, NULL, NULL, NULL, gpa, gpa + coalesce(size, PAGE_SIZE()), NULL, NULL
     FROM qemu
     WHERE event IN ('balloon_page', 'virtio_mem_unplug') AND gpa IS NOT NULL AND coalesce(ret, 0) = 0
+), best AS (
+    -- A grouped minimum over (pid, class) and a semi join, not a window over every discard row:
+    -- the window sorted whole rows; this reads two columns.
+    SELECT pid, min(class) AS class FROM raw GROUP BY pid
 )
-SELECT * FROM raw
-QUALIFY class = min(class) OVER (PARTITION BY pid);
+SELECT * FROM raw SEMI JOIN best USING (pid, class);
 
 -- host_discards (materialised): one row per discard and process whose memory it freed, in HVA.
 -- Shared memory (memfd / shmem, MAP_SHARED): MADV_DONTNEED / FREE on a shared mapping frees
