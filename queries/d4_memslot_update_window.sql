@@ -73,14 +73,38 @@ WITH bounded AS (
     SELECT pid, ts_ns, event_id, detail, cfg_value,
            has_flag(cfg_value, PCI_COMMAND_MEMORY()) AS decoding
     FROM qemu WHERE event = 'pci_cfg_write' AND cfg_offset = PCI_COMMAND()
+), run_starts AS (
+    -- The latest vCPU run in a window [ts_ns, closed_ns) in two exact parts, so that no window
+    -- meets every run of its process: runs starting inside the window (end not before start)
+    -- are found by an ASOF join on the start (one per start instant, the highest event id);
+    -- runs starting at or before the window and still inside KVM_RUN at ts_ns can only be ones
+    -- that last (an instant, end = start, never spans), a hash join over those few.
+    SELECT pid, run_start_ns, max(event_id) AS event_id
+    FROM vcpu_in_run WHERE run_end_ns IS NULL OR run_end_ns >= run_start_ns
+    GROUP BY pid, run_start_ns
+), latest_start AS MATERIALIZED (
+    -- Materialised: a filter pushed into the ASOF join turns it into a nested loop.
+    SELECT w.event_id AS window_id, w.ts_ns, v.run_start_ns, v.event_id
+    FROM windows w
+    ASOF JOIN run_starts v ON v.pid = w.pid AND w.closed_ns > v.run_start_ns
+), run_in_window AS (
+    SELECT window_id, run_start_ns, event_id FROM latest_start WHERE run_start_ns > ts_ns
+    UNION ALL
+    SELECT w.event_id, v.run_start_ns, v.event_id
+    FROM windows w
+    JOIN vcpu_in_run v
+      ON v.pid = w.pid AND v.run_start_ns < w.closed_ns
+     AND (v.run_end_ns IS NULL OR v.run_end_ns > w.ts_ns)
+    WHERE v.run_end_ns IS DISTINCT FROM v.run_start_ns
+), run_evidence AS (
+    SELECT window_id, arg_max(event_id, (run_start_ns, event_id)) AS run_evidence
+    FROM run_in_window GROUP BY window_id
 ), judged AS (
     SELECT w.*,
            f.first_ns,
            EXISTS (SELECT 1 FROM commits c
                    WHERE c.pid = w.pid AND c.ts_ns > w.ts_ns AND c.ts_ns < w.first_recreate_ns) AS two_transactions,
-           (SELECT arg_max(v.event_id, (v.run_start_ns, v.event_id)) FROM vcpu_in_run v
-            WHERE v.pid = w.pid AND v.run_start_ns < w.closed_ns
-              AND (v.run_end_ns IS NULL OR v.run_end_ns > w.ts_ns)) AS run_evidence,
+           re.run_evidence,
            k.pid IS NOT NULL AS run_known,
            t.pid IS NOT NULL AS run_traced,
            (SELECT arg_max(m.event, (m.ts_ns, m.event_id)) = 'ioctl_inhibit_begin' FROM inhibit_marks m
@@ -98,6 +122,7 @@ WITH bounded AS (
     LEFT JOIN vcpu_first_run f ON f.pid = w.pid
     LEFT JOIN vcpu_run_known k ON k.pid = w.pid
     LEFT JOIN kvm_run_traced t ON t.pid = w.pid
+    LEFT JOIN run_evidence re ON re.window_id = w.event_id
 ), classified AS (
     SELECT j.*, c.decoding AS command_decoding, c.detail AS command_device, c.cfg_value AS command_value,
            CASE WHEN j.identical OR j.two_transactions THEN 'off_on'

@@ -207,6 +207,10 @@ def connect(run: Run, include: list[str] | tuple[str, ...] | None = None) -> duc
     con.execute(f"SET memory_limit = '{limit}'")
     con.execute("SET temp_directory = ?", [tmp])
     con.execute("SET preserve_insertion_order = false")
+    # DuckDB plans an ASOF join whose left side it estimates small as a nested loop over the whole
+    # right side (windows x every vCPU run); the estimate is often wrong by orders of magnitude, and
+    # the sort-merge ASOF stays linear whatever the sizes.
+    con.execute("SET asof_loop_join_threshold = 0")
     run.create_views(con)
     con.execute(sql_macros())
     con.register("_sessions", sessions_table(run))
