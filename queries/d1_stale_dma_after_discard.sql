@@ -92,7 +92,8 @@ WITH inval AS (
 ), pieces AS MATERIALIZED (
     SELECT p.event_id, p.ts_ns, p.pid, p.comm, p.what, p.kind, p.map_id, p.mapped_ns, p.api, p.buf_index,
            p.p_start, p.p_end, p.p_gpa, p.p_gpa_end, p.p_iova, p.p_iova_end,
-           d.access_id, d.access_ns, d.access_gpa, d.cpu_pfn, d.device_pfn, d.iommu_id, d.iommu_ns
+           d.access_id, d.access_ns, d.access_gpa, d.cpu_pfn, d.device_pfn, d.iommu_id, d.iommu_ns,
+           CASE WHEN order_only() THEN 0 ELSE p.ts_ns // 1000000000 END AS sec
     FROM located p
     LEFT JOIN divergence d ON d.trig_id = p.event_id AND d.map_id = p.map_id AND d.p_start = p.p_start
 ), seconds AS (
@@ -101,15 +102,14 @@ WITH inval AS (
     -- a balloon of millions of pages costs hash joins, not windows over every piece.
     SELECT pid, map_id, kind, sec,
            sec - row_number() OVER (PARTITION BY pid, map_id, kind ORDER BY sec) AS run_no
-    FROM (SELECT DISTINCT pid, map_id, kind,
-                 CASE WHEN order_only() THEN 0 ELSE ts_ns // 1000000000 END AS sec
-          FROM pieces)
+    FROM (SELECT DISTINCT pid, map_id, kind, sec FROM pieces)
 ), runs AS MATERIALIZED (
     SELECT p.*, s.run_no, p.access_id IS NOT NULL AS diverged
     FROM pieces p
     JOIN seconds s
       ON s.pid = p.pid AND s.map_id = p.map_id AND s.kind = p.kind
-     AND s.sec = CASE WHEN order_only() THEN 0 ELSE p.ts_ns // 1000000000 END
+     -- An equi-join on a column: on the CASE expression DuckDB ran a blockwise nested loop.
+     AND s.sec = p.sec
 ), run_ranges AS (
     SELECT DISTINCT pid, map_id, kind, run_no, diverged, p_gpa, p_gpa_end
     FROM runs WHERE p_gpa IS NOT NULL
