@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Callable
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.constants import sql_macros
 from pipeline.runstore import Run
@@ -195,6 +197,39 @@ def memory_settings() -> tuple[str, str]:
         limit = f"{min(total // 2, 6 << 30) >> 20}MB"
     tmp = os.environ.get("VMEMTRACE_DETECT_TMP") or os.path.join(tempfile.gettempdir(), "vmemtrace-duckdb")
     return limit, tmp
+
+
+def _size_bytes(text: str) -> int:
+    """DuckDB's size notation ("6144MB", "4GB", "512MiB") in bytes."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", text, re.I)
+    if not m:
+        raise DetectorError(f"cannot read the memory size {text!r} (e.g. 4GB, 512MB)")
+    unit = (1024 if m.group(3) else 1000) ** " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * unit)
+
+
+def decoded_bytes(run: Run) -> int:
+    """The run's columns as DuckDB holds them once decoded: the Parquet footers' uncompressed sizes."""
+    return sum(rg.total_byte_size
+               for fam in FAMILIES for f in run.good_chunks(fam.name)
+               for rg in (pq.ParquetFile(f).metadata.row_group(i)
+                          for i in range(pq.ParquetFile(f).metadata.num_row_groups)))
+
+
+def capacity_shortfall(run_bytes: int, memory_bytes: int, spill_free_bytes: int) -> str | None:
+    """Why a detection of a run whose decoded columns take `run_bytes` cannot fit, or None.
+
+    The shared modules materialise discards, accesses and their translations: together about the
+    run's decoded size, held at once. What DuckDB cannot keep under its memory limit it spills to
+    its temp directory; when even that is short, detection would fail hours in, so it is refused
+    up front instead. A necessary condition, not a guarantee: a detector's own joins come on top."""
+    if run_bytes <= memory_bytes + spill_free_bytes:
+        return None
+    gib = 1 << 30
+    return (f"this run's columns take {run_bytes / gib:.1f} GiB decoded; detection holds about that "
+            f"at once, and has {memory_bytes / gib:.1f} GiB of memory (VMEMTRACE_DETECT_MEMORY) plus "
+            f"{spill_free_bytes / gib:.1f} GiB free to spill to (VMEMTRACE_DETECT_TMP): free disk "
+            "there, point VMEMTRACE_DETECT_TMP at a larger disk, or detect a shorter slice of the run")
 
 
 def connect(run: Run, include: list[str] | tuple[str, ...] | None = None) -> duckdb.DuckDBPyConnection:
@@ -368,6 +403,11 @@ def _link_related(con: duckdb.DuckDBPyConnection, findings: pa.Table) -> pa.Tabl
 def run_detectors(run: Run, detectors: list[Detector] | None = None,
                   progress: Callable[[Detector], None] | None = None) -> DetectResult:
     detectors = load_detectors() if detectors is None else detectors
+    limit, tmp = memory_settings()
+    os.makedirs(tmp, exist_ok=True)
+    short = capacity_shortfall(decoded_bytes(run), _size_bytes(limit), shutil.disk_usage(tmp).free)
+    if short:
+        raise DetectorError(f"{run.path}: not started: {short}")
     con = connect(run, include=())
     modules = load_modules()
     rows = run.row_counts()
