@@ -66,6 +66,7 @@ BASELINE = """
 import duckdb, sys
 con = duckdb.connect()
 con.execute("SET threads TO 2")
+con.execute("SET enable_progress_bar = false")
 con.execute(f"COPY (SELECT * FROM read_csv('{sys.argv[1]}', columns={{'line': 'VARCHAR'}}, header=false, "
             f"delim='\\x01', quote='', escape='', auto_detect=false)) TO '{sys.argv[2]}' (FORMAT parquet)")
 """
@@ -123,6 +124,7 @@ def main() -> None:
                 "peak_rss_bytes": {"duckdb": max(base_rss), "import": max(imp_rss)},
             })
             trace.unlink()
+            print(json.dumps(results[-1]), flush=True)  # each size as soon as it is measured
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'lines':>11} {'duckdb s (min/med/max)':>24} {'import s (min/med/max)':>24} {'ratio':>6} "

@@ -461,7 +461,7 @@ class RunWriter:
         except FileExistsError:
             self._created = False
         except OSError as e:
-            raise RunError(f"{self.path}: cannot create the run directory ({e.strerror})") from None
+            raise RunError(f"{self.path}: cannot create the run directory: {(e.strerror or str(e)).lower()}") from None
         try:
             self._lock = _DirLock(self.path)
         except FileNotFoundError:  # removed by a writer whose new run failed, while we opened it
@@ -472,7 +472,8 @@ class RunWriter:
             self._discard()
             if _no_space(e):
                 raise DiskFullError(e.filename or self.path) from None
-            raise RunError(f"{e.filename or self.path}: cannot write this run ({e.strerror})") from None
+            raise RunError(f"{self.path}: cannot write this run: {(e.strerror or str(e)).lower()} "
+                           f"({e.filename or self.path})") from None
         except BaseException:
             self._discard()
             raise

@@ -9,17 +9,25 @@ from tests.conftest import FIXTURES, write_jsonl
 
 DEMO = FIXTURES / "demo" / "vfio-balloon.jsonl"
 DEMO_EVENTS = [json.loads(line) for line in DEMO.read_text().splitlines() if line.startswith("{")]
-# One more balloon discard under the NIC's DMA mapping, at a guest address the demo does not touch.
-NEW_DISCARD = {"kind": "discard", "ts_ns": 11000000, "end_ns": 11004000, "pid": 2200, "tid": 2211,
-               "comm": "qemu-system-x86", "syscall": "madvise", "hva_start": "0x7f3a30000000", "size": "0x200000",
-               "advice": 4, "ret": 0}
+# A second QEMU (pid 2400) with its own assigned device and a balloon discard under its DMA mapping,
+# at guest addresses the demo's QEMU does not use: new findings, the demo's stay as they were.
+SECOND_QEMU = [
+    {"kind": "memslot", "ts_ns": 1000000, "pid": 2400, "comm": "qemu-system-x86", "ioctl": "region", "vm_fd": 14,
+     "as_id": 0, "slot": 1, "flags": 0, "gpa": "0x40000000", "size": "0x40000000", "hva": "0x7f6600000000", "ret": 0},
+    {"kind": "vfio_group", "ts_ns": 1200000, "pid": 2400, "comm": "qemu-system-x86", "op": "attach", "group_fd": 21,
+     "container_fd": 20, "ret": 0},
+    {"kind": "dma", "ts_ns": 1300000, "end_ns": 1390000, "pid": 2400, "comm": "qemu-system-x86", "api": "vfio_type1",
+     "op": "map", "fd": 20, "vaddr": "0x7f6600000000", "iova": "0x40000000", "size": "0x40000000", "flags": 3, "ret": 0},
+    {"kind": "discard", "ts_ns": 11000000, "end_ns": 11004000, "pid": 2400, "tid": 2411, "comm": "qemu-system-x86",
+     "syscall": "madvise", "hva_start": "0x7f6610000000", "size": "0x200000", "advice": 4, "ret": 0},
+]
 
 
 @pytest.fixture
 def runs(tmp_path, cli):
     old, new = tmp_path / "old", tmp_path / "new"
     assert cli("import", "jsonl", DEMO, "--run", old).exit_code == 0
-    trace = write_jsonl(tmp_path / "new.jsonl", DEMO_EVENTS + [NEW_DISCARD])
+    trace = write_jsonl(tmp_path / "new.jsonl", DEMO_EVENTS + SECOND_QEMU)
     assert cli("import", "jsonl", trace, "--run", new).exit_code == 0
     return old, new
 
@@ -75,14 +83,14 @@ def test_baseline_known_findings_do_not_fail_new_ones_do(runs, cli, tmp_path):
     findings = json.loads(res.stdout)
     fresh = [f for f in findings if not f["known"]]
     fresh = sorted((f["detector"], f["kind"], f["gpa_start"]) for f in findings if not f["known"])
-    # The new discard is a new D1 finding; D2's one finding per process now spans it too, so its
-    # range changed: new as well. The demo's other D1 findings and I are known.
-    assert fresh == [("D1", "discard_over_live_mapping", 0x30000000), ("D2", "discard_while_inhibited", 0x10000000)]
-    known = {(f["detector"], f["kind"]) for f in findings if f["known"]}
-    assert {("D1", "confirmed_divergence"), ("D1", "discard_over_live_mapping"), ("I", "lost_events")} <= known
-    assert {d for d, _ in known} == {"D1", "I"}
+    assert fresh == [("D1", "discard_over_live_mapping", 0x50000000), ("D2", "discard_while_inhibited", 0x50000000)]
+    known = {(f["detector"], f["kind"], f["pid"]) for f in findings if f["known"]}
+    assert {("D1", "confirmed_divergence", 2200), ("D1", "discard_over_live_mapping", 2200),
+            ("D2", "discard_while_inhibited", 2200)} <= known
+    assert {d for d, _, _ in known} == {"D1", "D2", "I"}
     junit = cases(cli("detect", new, "--baseline", base, "--format", "junit").stdout)
-    d1_failures = junit["D1"].find("failure").text.splitlines()
-    assert len(d1_failures) == 1 and "0x30000000" in d1_failures[0]
-    assert junit["D1"].find("system-out").text.count("(known from baseline)") == 2
-    assert junit["I"].find("failure") is None and junit["D2"].find("failure") is not None
+    for det in ("D1", "D2"):
+        failures = junit[det].find("failure").text.splitlines()
+        assert len(failures) == 1 and "pid 2400" in failures[0]
+        assert "(known from baseline)" in junit[det].find("system-out").text
+    assert junit["I"].find("failure") is None

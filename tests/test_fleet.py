@@ -37,7 +37,7 @@ def fleet(tmp_path_factory):
 
 def test_failed_run_is_recorded_and_exit_says_so(fleet):
     runs, lake, res = fleet
-    assert res.returncode == 1, res.stderr
+    assert res.returncode == 2, res.stderr
     assert "[3/3]" in res.stderr and "failed 1, ok 2" in res.stderr
     con = duckdb.connect()
     rows = con.execute(f"SELECT run, status, error FROM read_parquet('{lake}/*/*/*/runs.parquet', "
@@ -88,3 +88,6 @@ def test_summary_and_query(fleet, tmp_path):
     assert set(by_run) == {"balloon", "kvm-boot"}
     res = vmemtrace("fleet", "query", "--lake", lake, "SELECT nope FROM findings")
     assert res.returncode == 2 and "query:" in res.stderr
+    # Lake values come from manifests: printed as a table they stay inert.
+    res = vmemtrace("fleet", "query", "--lake", lake, "SELECT chr(27) || '[31m[critical] forged' || chr(10) AS x")
+    assert res.returncode == 0 and "\x1b" not in res.stdout and "\\x1b[31m" in res.stdout

@@ -9,7 +9,6 @@ tracecmd/trace-read.c ('%*s: ' file prefix when several files are read, '%16s-%-
 import gzip
 import json
 
-import pyarrow.compute as pc
 import pytest
 
 from pipeline.constants import KVM_RUN, PID_MAX_LIMIT

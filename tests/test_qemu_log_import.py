@@ -216,7 +216,7 @@ def test_aligned_on_kernel_side_memslots_and_pid_from_kernel(tmp_path):
     session = open_run(run).manifest["sessions"][-1]
     assert res["alignment"].method == "memslots" and res["alignment"].matched == 2
     assert session["clock"]["domain"] == "monotonic" and session["memslots_already_in_run"] == 2
-    assert res["rows"]["memslots"] == 2 and res["pid"] == 9000 and "kernel-side" in res["pid_from"]
+    assert res["rows"]["memslots"] == 4 and res["written"]["memslots"] == 2 and res["pid"] == 9000 and "kernel-side" in res["pid_from"]
     qemu = open_run(run).read_family("qemu")
     assert pc.all(pc.equal(qemu["pid"], 9000)).as_py() and pc.min(qemu["ts_ns"]).as_py() > 0
 

@@ -40,14 +40,6 @@ def open_text(path: Path) -> TextIO:
     return open(path, encoding="utf-8", errors="replace")
 
 
-def open_binary(path: Path) -> BinaryIO:
-    """A trace file as bytes, gunzipped when it starts with gzip's magic bytes."""
-    try:
-        return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
-    except OSError as e:
-        raise TraceFormatError(str(path), 0, e.strerror or str(e)) from None
-
-
 def read_lines(paths: Iterable[Path], parse_line: Callable[[str], None], *, skip_bad: bool,
                skip: Callable[[str], bool] = lambda line: False) -> list[str]:
     """Feed every non-blank line of every file to `parse_line`, which raises ValueError for a bad one.
@@ -107,8 +99,9 @@ def line_batches(path: Path, info: InputFile, *, batch_bytes: int = 32 << 20) ->
             while True:
                 try:
                     block = stream.read(batch_bytes)
-                except (OSError, EOFError) as e:   # truncated or corrupt gzip
-                    raise TraceFormatError(str(path), first, f"cannot read: {e}") from None
+                except (OSError, EOFError) as e:   # truncated or corrupt gzip, or a failing disk
+                    why = f"damaged or truncated gzip file ({e})" if gzipped else f"cannot read ({e})"
+                    raise TraceFormatError(str(path), first, why) from None
                 if not block:
                     break
                 block = carry + block

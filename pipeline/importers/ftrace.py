@@ -7,15 +7,16 @@ Event line layouts read (kernel trace_output.c / trace.c, trace-cmd's trace-read
       <idle>-0       0d..1 12345.678901: ...                                  (trace-cmd report -l)
 with or without the TGID column, with 0 or 1-7 flag characters, comms with spaces and dashes, and
 leading blanks or none. Header lines (`#...`, `cpus=N`, `CPU N is empty`, `version = N`) are skipped;
-`CPU:N [LOST M EVENTS]` (tracefs) and `CPU:N [M EVENTS DROPPED]` (trace-cmd) become lost_events rows.
+`CPU:N [LOST M EVENTS]` (tracefs) and `CPU:N [M EVENTS DROPPED]` / `CPU:N [EVENTS DROPPED]` (trace-cmd)
+become lost_events rows.
 Any other line is counted as a non-trace line (count and first line numbers in the manifest), except
 the continuation of an event line that a mail client wrapped, which is joined back (counted too).
 
 The file prefix of a multi-file trace-cmd report keeps each file's threads apart: the first file's
 ids stay as they are, the k-th file's ids are moved up by k * PID_MAX_LIMIT (manifest: namespaces).
 Without a TGID column, QEMU's threads (`CPU n/KVM`, `IO ...`, `qemu-system-*`, `vhost-N`) are grouped
-into one process per file (the pid of vhost-N workers, else --pid, else the smallest QEMU thread id as
-a stand-in); other threads' ids stand in for their process; the manifest's pid_from says which.
+into one process per file (--pid, else the process a vhost-N worker is named after, else the smallest
+QEMU thread id as a stand-in); other threads' ids stand in for their process; pid_from says which.
 
 Times are the trace clock's. The clock is what the trace states (a pasted tracefs `trace_clock` line)
 or what --trace-clock says; mono gives CLOCK_MONOTONIC, any clock plus --clock-offset is aligned,
@@ -28,9 +29,10 @@ run only when the whole input has been read, so a rejected import leaves the run
 from __future__ import annotations
 
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -171,13 +173,15 @@ class Parse:
 
 # -- one batch of lines --------------------------------------------------------------------------
 
-def _batch(p: Parse, path: Path, lines: pa.Array, first_line: int, lookahead: int) -> None:
-    """Parse lines[:-lookahead]; the last line is only read ahead, for wrapped continuations."""
+def _batch(p: Parse, path: Path, lines: pa.Array, first_line: int, lookahead: int,
+           cut: tuple[np.ndarray, dict[str, pa.Array]]) -> None:
+    """Parse lines[:-lookahead]; the last line is only read ahead, for wrapped continuations.
+    `cut` is event_fields(lines), computed ahead on another core."""
     n = len(lines) - lookahead
     lineno = np.arange(first_line, first_line + n, dtype=np.int64)
     pos = np.arange(p.lines, p.lines + n, dtype=np.int64)
     p.lines += n
-    is_event, fields = event_fields(lines)
+    is_event, fields = cut
     ev_idx = np.flatnonzero(is_event)
     inside = ev_idx < n
     if not inside.all():
@@ -451,23 +455,40 @@ def _syscall_rows(p: Parse, rows: pa.Table) -> None:
 
 # -- whole input -----------------------------------------------------------------------------------
 
-def parse(paths: list[Path], staging: Path, *, skip_bad: bool = False) -> tuple[Parse, list[InputFile]]:
-    """Read every file, staging rows under `staging`; raise TraceFormatError on the first bad line
-    (unless skip_bad) and when no file holds a single event line."""
-    p = Parse(staging=staging, skip_bad=skip_bad)
-    inputs = []
+def _blocks(paths: list[Path], inputs: list[InputFile]) -> Iterator[tuple[Path, pa.Array, int, int]]:
+    """(file, lines, first line number, read-ahead lines) for every block of every file; a block's last
+    line is parsed with the next block, so that a wrapped continuation can be joined to it."""
     for path in paths:
         info = InputFile(Path(path))
         inputs.append(info)
-        held: tuple[pa.Array, int] | None = None  # a block's last line is parsed with the next block
-        p.first_line_consumed = False
+        held: tuple[pa.Array, int] | None = None
         for lines, first in line_batches(Path(path), info):
             if held is not None:
                 lines, first = pa.concat_arrays([held[0], lines]), held[1]
             held = (lines.slice(len(lines) - 1), first + len(lines) - 1)
-            _run_batch(p, Path(path), lines, first, lookahead=1)
+            yield Path(path), lines, first, 1
         if held is not None:
-            _run_batch(p, Path(path), held[0], held[1], lookahead=0)
+            yield Path(path), held[0], held[1], 0
+
+
+def parse(paths: list[Path], staging: Path, *, skip_bad: bool = False) -> tuple[Parse, list[InputFile]]:
+    """Read every file, staging rows under `staging`; raise TraceFormatError on the first bad line
+    (unless skip_bad) and when no file holds a single event line.
+
+    The line prefixes of the next block are cut on a second thread (Arrow kernels release the GIL)
+    while this one parses the arguments and pairs the events of the current block."""
+    p = Parse(staging=staging, skip_bad=skip_bad)
+    inputs: list[InputFile] = []
+    current: Path | None = None
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        pending = None
+        for block in _blocks(paths, inputs):
+            job = (block, ahead.submit(event_fields, block[1]))
+            if pending is not None:
+                current = _run_batch(p, *pending, current)
+            pending = job
+        if pending is not None:
+            _run_batch(p, *pending, current)
     _syscall_rows(p, p.syscalls.feed([], final=True))
     for s in p.staged.values():
         s.close()
@@ -478,10 +499,13 @@ def parse(paths: list[Path], staging: Path, *, skip_bad: bool = False) -> tuple[
     return p, inputs
 
 
-def _run_batch(p: Parse, path: Path, lines: pa.Array, first: int, lookahead: int) -> None:
+def _run_batch(p: Parse, block: tuple[Path, pa.Array, int, int], cut: Future, current: Path | None) -> Path:
+    path, lines, first, lookahead = block
+    if path != current:
+        p.first_line_consumed = False  # a new file: nothing of it was read ahead
     if len(lines) > lookahead:
         try:
-            _batch(p, path, lines, first, lookahead)
+            _batch(p, path, lines, first, lookahead, cut.result())
         except TraceFormatError:
             raise
         except ValueError as e:
@@ -492,6 +516,7 @@ def _run_batch(p: Parse, path: Path, lines: pa.Array, first: int, lookahead: int
             raise TraceFormatError(where, line, message)
         p.bad.extend(f"{where}:{line}: {message}" for line, where, message in p.rejected)
         p.rejected.clear()
+    return path
 
 
 # -- into the run ------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -96,39 +95,3 @@ def _split(data: bytes) -> pa.StringArray:
     text = data.decode("utf-8", errors="replace")
     lines = pc.split_pattern(pa.array([text], pa.string()), "\n").flatten()
     return pc.utf8_rtrim(lines, "\r")
-
-
-# -- numbers -----------------------------------------------------------------------------------
-
-_HEX = np.zeros(256, np.uint64)
-_HEX[48:58] = np.arange(10, dtype=np.uint64)
-_HEX[65:71] = np.arange(10, 16, dtype=np.uint64)
-_HEX[97:103] = np.arange(10, 16, dtype=np.uint64)
-_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
-
-
-def hex_u64(digits: pa.Array) -> pa.Array:
-    """Hex digit strings (at most 16, no 0x; the regexes that cut them say so) as uint64; "" -> null."""
-    digits = digits.combine_chunks() if isinstance(digits, pa.ChunkedArray) else digits
-    n = len(digits)
-    if n == 0:
-        return pa.array([], pa.uint64())
-    padded = pc.utf8_lpad(digits, 16, "0")
-    offsets = np.frombuffer(padded.buffers()[1], np.int32)[padded.offset:padded.offset + n + 1]
-    data = np.frombuffer(padded.buffers()[2], np.uint8)[offsets[0]:offsets[0] + 16 * n].reshape(n, 16)
-    values = np.bitwise_or.reduce(_HEX[data] << _SHIFTS, axis=1)
-    return pa.array(values, pa.uint64(), mask=np.asarray(pc.equal(digits, "").fill_null(True)))
-
-
-def dec_u64(digits: pa.Array) -> pa.Array:
-    """Decimal digit strings (at most 20) as uint64; "" -> null. Values past 2^64 raise ValueError."""
-    empty = pc.equal(digits, "")
-    try:
-        return pc.cast(pc.if_else(empty, pa.scalar(None, pa.string()), digits), pa.uint64())
-    except pa.ArrowInvalid as e:
-        raise ValueError(f"number out of range ({e})") from None
-
-
-def signed(values: pa.Array) -> pa.Array:
-    """uint64 register values as the int64 the kernel meant (return values: -22 is 0xff..ea)."""
-    return pc.cast(values, pa.int64(), safe=False)

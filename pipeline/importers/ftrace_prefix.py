@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 FIELDS = ("file", "comm", "tid", "tgid", "cpu", "sec", "frac", "event", "sep", "args")
-LINE = (r"^\s*(?:(?P<file>\S+): \s+)?(?P<comm>.*?)-(?P<tid>\d{1,10})\s+(?:\(\s*(?P<tgid>[\d-]{1,10})\)\s+)?"
+LINE = (r"^\s*(?:(?P<file>\S+): \s+)?(?P<comm>\S.*?)-(?P<tid>\d{1,10})\s+(?:\(\s*(?P<tgid>[\d-]{1,10})\)\s+)?"
         r"(?:\[(?P<cpu>\d{1,6})\]|(?P<lcpu>\d{1,6})(?P<lflags>[^\s\d]\S{2,6}))\s+"
         r"(?:(?P<flags>[^\s\d]\S{0,6})\s+)?(?P<sec>\d{1,18})(?:\.(?P<frac>\d{1,9}))?:\s+"
-        r"(?P<event>[\w.-]+)(?P<sep>: ?|\(| -> |$)(?P<args>.*)$")
+        r"(?P<event>[\w.-]+)(?P<sep>: |:$|\(| -> |$)(?P<args>.*)$")
 EVENT_NAME = re.compile(r"^[\w.-]+$")
 
 
@@ -47,7 +47,8 @@ def _fast(lines: pa.Array) -> tuple[np.ndarray, dict[str, pa.Array]]:
     t = pc.split_pattern(ts, ".", max_splits=1)
     sec, frac = item(t, 0), pc.coalesce(item(t, 1), "")
     b = pc.split_pattern(pre, "[", max_splits=1, reverse=True)
-    left, right = pc.utf8_rtrim_whitespace(item(b, 0)), item(b, 1)
+    left_raw, right = item(b, 0), item(b, 1)
+    left = pc.utf8_rtrim_whitespace(left_raw)
     r = pc.split_pattern(right, "]", max_splits=1)
     cpu, flags = item(r, 0), pc.utf8_trim_whitespace(item(r, 1))
     has_tgid = pc.ends_with(left, ")")
@@ -70,7 +71,7 @@ def _fast(lines: pa.Array) -> tuple[np.ndarray, dict[str, pa.Array]]:
     flen = np.asarray(pc.binary_length(flags).fill_null(99))
     first_is_digit = _np(pc.utf8_is_digit(pc.utf8_slice_codeunits(flags, 0, 1)))
     no_dash_tgid = pc.replace_substring(tgid, "-", "")
-    ok = (_digits(tid, 10) & _digits(cpu, 6) & _digits(sec, 18)
+    ok = (_np(pc.ends_with(left_raw, " ")) & _digits(tid, 10) & _digits(cpu, 6) & _digits(sec, 18)
           & (_np(pc.equal(frac, "")) | _digits(frac, 9))
           & (flen <= 7) & ~first_is_digit & ~_np(pc.match_substring(flags, " "))
           & (_np(pc.equal(no_dash_tgid, "")) | _digits(tgid, 10))

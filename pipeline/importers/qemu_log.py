@@ -21,8 +21,8 @@ touched.
   A log without times is "untimed": ts_ns is the line's sequence number across the inputs.
 - Process id: --pid; else the process that kernel-side events in the run put the log's threads
   in; else what the log proves (the syslog/journal PID, the thread QEMU names "main", or the
-  thread that logs the first memslot creation, which QEMU does on its main thread before any
-  vCPU exists); else 0 and the manifest says the process is unknown (`pid_from`). A thread id is
+  thread that logs the first memslot line when it creates slot 0 at GPA 0 before any vCPU exit
+  or KVM_RUN was logged: QEMU's machine init, on its main thread); else 0 and the manifest says the process is unknown (`pid_from`). A thread id is
   never taken for the process on a guess.
 """
 
@@ -39,6 +39,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from pipeline.constants import KVM_RUN
 from pipeline.importers import InputFile, TraceFormatError, line_batches
 from pipeline.importers.qemu_catalogue import EVENTS, Event, field_text, field_value, first_bad_field, token_generation
 from pipeline.importers.qemu_prefixes import envelope_sql, group_names, sql_list, sql_str
@@ -49,6 +50,7 @@ SOURCE = "qemu-log"
 DEFAULT_COMM = "qemu-system"
 FIRST_LINES_KEPT = 20       # line numbers of non-trace lines listed in the manifest
 BAD_LINES_KEPT = 100        # "FILE:LINE: field: why" kept in the manifest with --skip-bad
+STAGE_DATABASE = ":memory:"   # rows beyond the memory limit spill to the temp directory
 BATCH_BYTES = 32 << 20      # lines parsed per DuckDB pass: bounds memory whatever the file size
 
 _DUCK = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.uint64(): "UBIGINT", pa.uint32(): "UINTEGER",
@@ -92,8 +94,11 @@ def event_sql(ev: Event) -> str:
     for c, expr in ev.columns.items():
         given = " AND ".join(f"f_{r} IS NOT NULL" for r in _incl_refs(expr)) or "true"
         checks.append(f"WHEN {given} AND {c} IS NULL THEN '{c}'")
+    # Only what the staging insert and the error report read is materialised (not the tokens).
+    keep_cols = ", ".join(["line_no", "tid", "tname", "t_ns", "t_kind", "pid_hint", "ident", "args", "extra"]
+                          + [f'"{c}"' for c in ev.columns])
     return f"""
-    SELECT *, CASE {' '.join(checks)} END AS bad, coalesce({ev.where or 'true'}, false) AS keep FROM (
+    SELECT {keep_cols}, CASE {' '.join(checks)} END AS bad, coalesce({ev.where or 'true'}, false) AS keep FROM (
       SELECT *{c_cols} FROM (
         SELECT *{f_cols} FROM (
           SELECT *{t_cols}, coalesce(m['extra'], '') AS extra FROM (
@@ -115,7 +120,8 @@ class Scan:
     forms: Counter = field(default_factory=Counter)         # prefix form -> trace lines
     non_trace: list[dict[str, Any]] = field(default_factory=list)   # per input: count, first
     threads: dict[int, str | None] = field(default_factory=dict)    # tid -> thread name
-    first_trace: tuple[str, int | None, str] | None = None  # (event, tid, args) of the first trace line
+    first_memslot: tuple[int | None, str] | None = None  # (tid, args) of the first kvm_set_user_memory line
+    vcpu_ran_before: bool = False   # a vCPU exit or KVM_RUN was logged before that line
     pids: Counter = field(default_factory=Counter)          # syslog / journal PIDs
     hosts: Counter = field(default_factory=Counter)
     qemu_versions: list[str] = field(default_factory=list)  # from QMP greetings in the log
@@ -128,7 +134,7 @@ class _Stage:
     """The staging database: one table per family, parsed rows waiting for pid and clock."""
 
     def __init__(self, folder: Path):
-        self.con = duckdb.connect(str(folder / "stage.duckdb"),
+        self.con = duckdb.connect(STAGE_DATABASE.format(folder=folder),
                                   config={"memory_limit": "600MB", "temp_directory": str(folder / "spill"),
                                           "preserve_insertion_order": "false"})
         self.con.execute("SET TimeZone = 'UTC'")
@@ -178,9 +184,15 @@ def _scan_batch(stage: _Stage, scan: Scan, path: Path, file_idx: int, seq_base: 
             scan.pids[pid] += n
         if host:
             scan.hosts[host] += n
-    if scan.first_trace is None:
-        scan.first_trace = con.execute(
-            "SELECT event, tid, args FROM env WHERE event IS NOT NULL ORDER BY line_no LIMIT 1").fetchall()[0]  # n_trace > 0
+    if scan.first_memslot is None:
+        first = con.execute("SELECT line_no, tid, args FROM env WHERE event = 'kvm_set_user_memory' "
+                            "ORDER BY line_no LIMIT 1").fetchall()
+        ran = con.execute(f"SELECT min(line_no) FROM env WHERE event = 'kvm_run_exit' OR (event = 'kvm_vcpu_ioctl' "
+                          f"AND regexp_matches(args, 'type 0x(2000)?{KVM_RUN:x},'))").fetchall()[0][0]
+        if ran is not None and (not first or ran < first[0][0]):
+            scan.vcpu_ran_before = True
+        if first:
+            scan.first_memslot = first[0][1:]
 
     bad: list[tuple[int, str, str]] = []   # (line, field, why)
     for line_no, event, tid_bad in con.execute(
@@ -319,12 +331,12 @@ def _main_thread(scan: Scan) -> tuple[int | None, str]:
         if len(named) == 1:
             return named[0], "the thread QEMU names 'main' (message-context prefix)"
         return None, ""
-    # Machine init registers guest RAM at slot 0, GPA 0 on the main thread before any vCPU thread
-    # exists; a log that starts with that line starts with QEMU.
-    if scan.first_trace and scan.first_trace[0] == "kvm_set_user_memory" and scan.first_trace[1] is not None:
-        if re.match(r"^(?:AddrSpace#0 )?Slot#0 flags=0x[0-9a-fA-F]+ gpa=0x0 size=0x0*[1-9a-fA-F]", scan.first_trace[2]):
-            return scan.first_trace[1], ("the thread that logs QEMU's first memslot (slot 0 at GPA 0, created by "
-                                         "the main thread before any vCPU thread exists)")
+    # Machine init registers guest RAM at slot 0, GPA 0, without dirty logging, on the main thread
+    # before the guest first runs; later memslot updates may come from vCPU or migration threads.
+    if scan.first_memslot and scan.first_memslot[0] is not None and not scan.vcpu_ran_before:
+        if re.match(r"^(?:AddrSpace#0 )?Slot#0 flags=0x0 gpa=0x0 size=0x0*[1-9a-fA-F]", scan.first_memslot[1]):
+            return scan.first_memslot[0], ("the thread that logs QEMU's first memslot (slot 0 at GPA 0, created by "
+                                           "machine init on the main thread before any vCPU ran)")
     return None, ""
 
 
@@ -429,6 +441,8 @@ def import_qemu_log(paths: list[Path], run_dir: Path, *, pid: int | None = None,
                              ts_ns=0)
                 w.update_session(bad_lines=scan.bad)
         stage.con.close()
-    return {"rows": dict(rows), "unknown": dict(scan.unknown), "bad": scan.bad_count, "alignment": align,
+    # rows: what the log held per family; written: what the run got (memslot lines that are the
+    # kernel-side source's own ioctls are not written twice)
+    return {"rows": dict(scan.rows), "written": dict(rows), "unknown": dict(scan.unknown), "bad": scan.bad_count, "alignment": align,
             "clock": info["clock"], "pid": process, "pid_from": pid_from,
             "non_trace": info["non_trace_lines"]["count"]}

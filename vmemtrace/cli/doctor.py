@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,9 +15,6 @@ from rich.table import Table
 from vmemtrace.cli.common import EXIT_BAD_INPUT, cell, out
 
 MIN_KERNEL = (5, 8)  # BPF ring buffers
-# QEMU 5.1 replaced the balloon inhibitor with the discard counters: one of each pair is expected.
-REPLACED_BY = {"qemu_balloon_inhibit": "ram_block_discard_disable",
-               "qemu_balloon_is_inhibited": "ram_block_discard_is_disabled"}
 
 
 @dataclass
@@ -95,69 +91,36 @@ def _bpf_load(bcc_module) -> Check:
     return Check("BPF load", "ok", "compiled and loaded a test program")
 
 
-def usdt_probes(binary: Path) -> list[str]:
-    """PROVIDER:NAME of every USDT probe (SystemTap SDT note) in an ELF file."""
-    from elftools.elf.elffile import ELFFile
-
-    with open(binary, "rb") as fh:
-        sec = ELFFile(fh).get_section_by_name(".note.stapsdt")
-        data = sec.data() if sec is not None else b""
-    probes, pos = [], 0
-    while pos + 12 <= len(data):
-        namesz, descsz, _type = (int.from_bytes(data[pos + i:pos + i + 4], "little") for i in (0, 4, 8))
-        desc_at = pos + 12 + ((namesz + 3) & ~3)
-        desc = data[desc_at:desc_at + descsz]
-        # desc: pc, base, semaphore (8 bytes each on 64-bit), then provider\0name\0args\0
-        provider, name = desc[24:].split(b"\0")[:2]
-        probes.append(f"{provider.decode(errors='replace')}:{name.decode(errors='replace')}")
-        pos = desc_at + ((descsz + 3) & ~3)
-    return probes
-
-
-def exported_functions(binary: Path, wanted: set[str]) -> set[str]:
-    """Which of `wanted` the ELF file defines as functions (dynamic or static symbol table)."""
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.sections import SymbolTableSection
-
-    found: set[str] = set()
-    with open(binary, "rb") as fh:
-        for sec in ELFFile(fh).iter_sections():
-            if isinstance(sec, SymbolTableSection):
-                found |= {s.name for s in sec.iter_symbols()
-                          if s.name in wanted and s["st_info"]["type"] == "STT_FUNC" and s["st_shndx"] != "SHN_UNDEF"}
-    return found
-
-
-def _qemu(binary: Path) -> list[Check]:
-    from collectors.qemu import FUNCTIONS
-
+def _qemu(binary: Path, bcc_module) -> list[Check]:
+    """The QEMU binary as the qemu collector sees it (collectors.qemu_binaries, the one definition of
+    its version and probes): USDT notes, exported functions, and which absences its version explains."""
     if not binary.is_file():
         return [Check("QEMU binary", "warn", f"{binary}: no such file",
                       "pass --qemu PATH (collect attaches to the QEMU that runs; QEMU events need its binary)")]
-    try:
-        version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                                 timeout=10).stdout.splitlines()[0]
-    except (OSError, subprocess.TimeoutExpired, IndexError):
-        version = "version unknown"
-    checks = [Check("QEMU binary", "ok", f"{binary}: {version}")]
-    try:
-        usdt = usdt_probes(binary)
-        wanted = {f[0] for f in FUNCTIONS}
-        symbols = exported_functions(binary, wanted)
-    except Exception as e:  # noqa: BLE001 - pyelftools raises its own ELFError and struct errors
-        return checks + [Check("QEMU probes", "fail", f"{binary}: not a readable ELF file ({e})", "")]
-    checks.append(Check("QEMU USDT probes", "ok" if usdt else "warn",
-                        f"{len(usdt)} static probes" if usdt else "none (QEMU not built with the dtrace backend)",
-                        "" if usdt else "fine: exported symbols are used instead"))
-    missing = sorted(f for f in wanted - symbols if REPLACED_BY.get(f) not in symbols)
-    replaced = sorted(f for f in wanted - symbols if REPLACED_BY.get(f) in symbols)
-    status = "ok" if not missing else ("warn" if symbols else "fail")
+    if bcc_module is None:
+        return [Check("QEMU binary", "fail", f"{binary}: not inspected (bcc reads its probes)", "install bcc")]
+    from collectors.qemu import FUNCTIONS, USDT_BY_NAME
+    from collectors.qemu_binaries import inspect
+
+    qb = inspect(str(binary), tuple(f.symbol for f in FUNCTIONS), force=True)
+    checks = [Check("QEMU binary", "ok" if qb.version else "warn", f"{binary}: "
+                    + (f"QEMU {qb.version}" if qb.version else "no QEMU version string (is it QEMU?)"))]
+    used = sorted(set(qb.usdt) & set(USDT_BY_NAME))
+    checks.append(Check("QEMU USDT probes", "ok" if used else "warn",
+                        f"{len(qb.usdt)} qemu probes, {len(used)} used by vmemtrace" if qb.usdt
+                        else "none (QEMU not built with the dtrace trace backend)",
+                        "" if used else "fine when it exports the functions below"))
+    expected_absent = sorted(f.symbol for f in FUNCTIONS
+                             if f.symbol not in qb.functions and qb.in_version(f.since, f.until) is False)
+    missing = sorted(f.symbol for f in FUNCTIONS if f.symbol not in qb.functions and f.symbol not in expected_absent)
+    status = "ok" if not missing else ("warn" if qb.functions or used else "fail")
     checks.append(Check("QEMU exported functions", status,
-                        f"{len(symbols)} of {len(wanted)}" + (f"; missing {', '.join(missing)}" if missing else "")
-                        + (f"; {', '.join(replaced)}: replaced in this QEMU version" if replaced else ""),
-                        "" if status == "ok" else
-                        "older QEMUs lack some (expected); with none, build QEMU with symbols exported "
-                        "or the dtrace trace backend"))
+                        f"{len(qb.functions)} of {len(FUNCTIONS)}"
+                        + (f"; missing {', '.join(missing)}" if missing else "")
+                        + (f"; not in this QEMU version: {', '.join(expected_absent)}" if expected_absent else ""),
+                        {"ok": "", "warn": "QEMU events of the missing functions will not be recorded",
+                         "fail": "nothing to probe: build QEMU with the dtrace trace backend or keep its "
+                                 "symbols exported"}[status]))
     return checks
 
 
@@ -182,7 +145,7 @@ def doctor(
 
     bcc_check, bcc_module = _bcc()
     checks = [_kernel(), _root(), _tracefs(), _btf(), bcc_check, _headers(), _bpf_load(bcc_module),
-              *_qemu(qemu or Path(DEFAULT_BINARY))]
+              *_qemu(qemu or Path(DEFAULT_BINARY), bcc_module)]
     if as_json:
         print(json.dumps([asdict(c) for c in checks], indent=2))
     else:

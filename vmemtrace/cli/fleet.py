@@ -11,9 +11,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import typer
 from rich.table import Table
-from rich.text import Text
 
-from vmemtrace.cli.common import EXIT_FINDINGS, counts_text, err, fail, out, say
+from vmemtrace.cli.common import EXIT_BAD_INPUT, cell, counts_text, err, fail, out, say
 
 fleet_app = typer.Typer(help="Many runs from many hosts: detect them all on Ray, then query their findings.",
                         no_args_is_help=True)
@@ -23,10 +22,10 @@ LakeOpt = Annotated[Path, typer.Option("--lake", help="Findings lake directory (
 
 
 def _print_table(table: pa.Table, title: str | None = None) -> None:
-    """Rows as a terminal table; cells are Text, so markup-like strings from traces stay text."""
+    """Rows as a terminal table of inert cells: lake values come from manifests and traces."""
     view = Table(*table.column_names, title=title)
     for row in table.to_pylist():
-        view.add_row(*(Text("" if v is None else str(v)) for v in row.values()))
+        view.add_row(*(cell(v) for v in row.values()))
     out.print(view)
 
 
@@ -44,8 +43,9 @@ def fleet_detect_cmd(
     """Run every detector on every run found, one Ray task per run, into the lake.
 
     Each run's partition (host=HOST/date=DAY/run=NAME) is replaced whole, so running again is safe.
-    A run that cannot be read or detected is recorded as failed with its error. Exit 1 when any run
-    failed, 2 on bad arguments, 0 otherwise.
+    A run that cannot be read or detected is recorded as failed with its error. Exit 2 when any run
+    failed (bad input, as for `detect`) or on bad arguments, 0 otherwise: findings do not change the
+    exit code here; ask the lake (`fleet query`) for them.
     """
     from vmemtrace.fleet.detect import discover, fleet_detect
 
@@ -65,7 +65,7 @@ def fleet_detect_cmd(
     fleet_detect(found, lake, address=address, num_cpus=num_cpus, on_result=on_result)
     say(f"fleet detect: {len(found)} runs into {lake}: {counts_text(tally)}", to_err=True)
     if tally["failed"]:
-        raise typer.Exit(EXIT_FINDINGS)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @fleet_app.command("summary")

@@ -79,7 +79,7 @@ def import_qemu_log_cmd(
     clock = res["clock"]
     residual = "" if clock["residual_ns"] is None else \
         f", residual {clock['residual_ns']} ns over {clock['matched_events']} events"
-    out.print(f"imported into {run}: {counts_text(res['rows'])}; unknown events {sum(res['unknown'].values())}; "
+    out.print(f"imported into {run}: {counts_text(res['written'])}; unknown events {sum(res['unknown'].values())}; "
               f"non-trace lines {res['non_trace']}; bad lines {res['bad']}; clock: {clock['domain']} "
               f"(alignment {clock['alignment']}{residual}); pid: {res['pid'] if res['pid'] is not None else 0} "
               f"({res['pid_from']})", markup=False, highlight=False)
