@@ -73,6 +73,11 @@ def _incl_refs(expr: str) -> list[str]:
     return sorted(set(re.findall(r"\bf_(\w+)", expr)))
 
 
+# trim() decodes every character (it strips Unicode spaces): only lines that may need it pay for it.
+_TRIMMED_ARGS = ("CASE WHEN starts_with(args, ' ') OR ends_with(args, ' ') OR strlen(args) <> length(args) "
+                 "THEN trim(args) ELSE args END")
+
+
 def event_sql(ev: Event) -> str:
     """SQL over the batch's `env` rows of one event: its parsed, typed family columns, `bad` naming
     the first field that does not parse or fit its column (NULL for a good line), `keep` (the row
@@ -105,7 +110,7 @@ def event_sql(ev: Event) -> str:
             SELECT *, CASE WHEN tgen IS NULL AND ok THEN regexp_extract(args, {p_sql}, {sql_list(group_names(pattern))})
                       END AS m FROM (
             SELECT *, regexp_full_match(args, {p_sql}) AS ok, {token_generation(ev)} AS tgen FROM (
-              SELECT line_no, tid, tname, t_ns, t_kind, pid_hint, ident, args, string_split(trim(args), ' ') AS tk
+              SELECT line_no, tid, tname, t_ns, t_kind, pid_hint, ident, args, string_split({_TRIMMED_ARGS}, ' ') AS tk
               FROM env WHERE event = {sql_str(ev.name)} AND NOT prefix_bad))))))"""
 
 
