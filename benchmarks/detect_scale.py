@@ -59,7 +59,7 @@ def build(run: Path, events: int, rng: np.random.Generator) -> None:
                              "ioctl": pa.repeat(pa.scalar("region"), len(ts)), "vm_fd": np.full(len(ts), 9, np.int32),
                              "as_id": np.zeros(len(ts), np.uint16), "slot": slot.astype(np.uint16),
                              "flags": flags.astype(np.uint32), "gpa": gpa.astype(np.uint64),
-                             "size": size.astype(np.uint64), "hva": hva.astype(np.uint64), "ret": np.zeros(len(ts))})
+                             "size": size.astype(np.uint64), "hva": hva.astype(np.uint64), "ret": np.zeros(len(ts), np.int64)})
 
         # DMA: 64 mappings of 2 MiB in the first slot, half unmapped at 300 s; iommu:map for each.
         n_map = 64
@@ -68,7 +68,7 @@ def build(run: Path, events: int, rng: np.random.Generator) -> None:
         w.write("dma", {**envelope(mts, PID, "qemu", "synthetic"), "api": pa.repeat(pa.scalar("vfio_type1"), n_map),
                         "op": pa.repeat(pa.scalar("map"), n_map), "fd": np.full(n_map, 20, np.int32),
                         "vaddr": vaddr, "iova": vaddr - HVA0 + GPA0, "size": np.full(n_map, 2 << 20, np.uint64),
-                        "flags": np.full(n_map, 3, np.uint32), "ret": np.zeros(n_map)})
+                        "flags": np.full(n_map, 3, np.uint32), "ret": np.zeros(n_map, np.int64)})
         w.write("dma", {**envelope(mts + 1, PID, "qemu", "synthetic"), "api": pa.repeat(pa.scalar("iommu"), n_map),
                         "op": pa.repeat(pa.scalar("map"), n_map), "iova": vaddr - HVA0 + GPA0,
                         "paddr": np.arange(n_map, dtype=np.uint64) * (2 << 20) + (1 << 32),
@@ -78,7 +78,7 @@ def build(run: Path, events: int, rng: np.random.Generator) -> None:
                         "api": pa.repeat(pa.scalar("vfio_type1"), half), "op": pa.repeat(pa.scalar("unmap"), half),
                         "fd": np.full(half, 20, np.int32), "iova": (vaddr - HVA0 + GPA0)[:half],
                         "size": np.full(half, 2 << 20, np.uint64), "flags": np.zeros(half, np.uint32),
-                        "ret": np.zeros(half)})
+                        "ret": np.zeros(half, np.int64)})
 
         # Generated window by window, so that memory stays bounded whatever --events is: a
         # 100M-event run is written as ~20 windows of ~5M events.
@@ -98,7 +98,7 @@ def build(run: Path, events: int, rng: np.random.Generator) -> None:
             w.write("discards", {**envelope(ts, TID_IO, "qemu", "synthetic"),
                                  "syscall": pa.repeat(pa.scalar("madvise"), nd),
                                  "hva_start": hva, "size": np.full(nd, PAGE, np.uint64),
-                                 "advice": np.full(nd, 4, np.int32), "ret": np.zeros(nd),
+                                 "advice": np.full(nd, 4, np.int32), "ret": np.zeros(nd, np.int64),
                                  "end_ns": ts + 2000})
             w.write("mmu_notifier", {**envelope(ts + 1000, TID_IO, "qemu", "synthetic"),
                                      "event": pa.repeat(pa.scalar("unmap_hva_range"), nd),

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 TRACEFS = Path("/sys/kernel/tracing")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # Constants the kernel headers bcc includes define themselves (same value, different C type).
-KERNEL_DEFINES = {"PAGE_SIZE"}
+KERNEL_DEFINES = {"PAGE_SIZE", "PID_MAX_LIMIT"}
 
 COLLECTORS: tuple[Collector, ...] = (discards.COLLECTOR, kvm.COLLECTOR, vfio.COLLECTOR,
                                      mmu_notifier.COLLECTOR, accesses.COLLECTOR, qemu.COLLECTOR,

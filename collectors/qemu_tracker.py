@@ -65,6 +65,7 @@ class QemuTracker:
         self.seen: dict[tuple[int, int], TracedBinary | None] = {}  # None: not a QEMU
         self.preattached: list[TracedBinary] = []
         self._slots = 0
+        self._looked_at: set[int] = set()
         bpf.attach_raw_tracepoint(tp="sched_process_exec", fn_name="qemu_on_exec")
         size = EXEC_RING_PAGES * mmap.PAGESIZE
         self.exec_reader = RingReader(bpf["qemu_exec_ring"].map_fd, size, EXEC_DTYPE)
@@ -79,6 +80,7 @@ class QemuTracker:
         return tb
 
     def add_process(self, pid: int, exec_ns: int | None = None) -> None:
+        self._looked_at.add(pid)
         path = exe_path(pid)
         if path is None:
             return
@@ -108,6 +110,15 @@ class QemuTracker:
             if not self.filtered or self._traced(pid):
                 self.add_process(pid, exec_ns=ts)
 
+    def rescan(self) -> None:
+        """Traced processes not looked at yet: children that joined the filter by fork and never
+        exec'd (a QEMU that daemonizes), or whose exec notice came after they had exited."""
+        if not self.filtered:
+            return
+        for key in list(self.bpf["traced_pids"].keys()):
+            if key.value not in self._looked_at:
+                self.add_process(key.value)
+
     def _traced(self, pid: int) -> bool:
         table = self.bpf["traced_pids"]
         try:
@@ -130,9 +141,10 @@ class QemuTracker:
         if binary is None:
             self.seen[key] = None
             return None
-        probes = self._attach_usdt(binary)
+        plan = self._usdt_plan(binary)
+        probes = {p: "missing" for p, sites in plan.items() if sites is None}
         not_in_version = []
-        replaced = {USDT_EVENTS[USDT_BY_NAME[p]].replaces for p, how in probes.items() if how == "usdt"}
+        replaced = {USDT_EVENTS[USDT_BY_NAME[p]].replaces for p, sites in plan.items() if sites}
         for i, f in enumerate(FUNCTIONS):
             if f.symbol in replaced:
                 continue
@@ -143,9 +155,28 @@ class QemuTracker:
                 else:
                     probes.setdefault(f.symbol, "missing")
                 continue
-            self.bpf.attach_uprobe(name=path, addr=addr, fn_name=f"qemu_enter_{i}")
-            self.bpf.attach_uretprobe(name=path, addr=addr, fn_name=f"qemu_return_{i}")
+            try:
+                self.bpf.attach_uprobe(name=path, addr=addr, fn_name=f"qemu_enter_{i}")
+                self.bpf.attach_uretprobe(name=path, addr=addr, fn_name=f"qemu_return_{i}")
+            except Exception as e:  # bcc raises a bare Exception; the kernel's reason is on stderr
+                self.say(f"QEMU {path}: could not attach to {f.symbol} ({e})")
+                probes[f.symbol] = "missing"
+                continue
             probes[f.symbol] = "uprobe"
+        # USDT last: raising a probe's semaphore lets QEMU fire it, so the uprobes go in first.
+        for probe, sites in plan.items():
+            if not sites:
+                continue
+            try:
+                for site in sites:
+                    self._set_spec(self._slots, USDT_BY_NAME[probe], USDT_EVENTS[USDT_BY_NAME[probe]].string_arg,
+                                   site)
+                    self._slots += 1
+                    usdt.attach(self.bpf, binary.path, site, f"qemu_usdt_{self._slots - 1}")
+                probes[probe] = "usdt"
+            except OSError as e:  # e.g. another tracer holds the site with another semaphore counter
+                self.say(f"QEMU {path}: {e}")
+                probes[probe] = "missing"
         from pipeline.runstore import monotonic_ns
 
         tb = TracedBinary(binary, dict(sorted(probes.items())), sorted(not_in_version), monotonic_ns())
@@ -160,26 +191,22 @@ class QemuTracker:
                      f"its own events are not traced, only the kernel's")
         return tb
 
-    def _attach_usdt(self, binary: QemuBinary) -> dict[str, str]:
-        """USDT probes of the catalogue this binary has; {} when it has no qemu USDT notes."""
+    def _usdt_plan(self, binary: QemuBinary) -> dict[str, list[usdt.UsdtSite] | None]:
+        """The catalogue's USDT probes this binary has, with their sites (None: cannot attach it);
+        {} when it has no qemu USDT notes."""
         if not binary.usdt:
             return {}
-        probes: dict[str, str] = {}
+        plan: dict[str, list[usdt.UsdtSite] | None] = {}
+        slots = self._slots
         for ev in USDT_EVENTS:
             sites = binary.usdt.get(ev.probe)
-            if not sites:
-                probes[ev.probe] = "missing"
+            # A partly attached probe would be worse than none: unreadable sites or no free slot.
+            if not sites or any(s.args is None for s in sites) or slots + len(sites) > USDT_SLOTS:
+                plan[ev.probe] = None
                 continue
-            readable = [s for s in sites if s.args is not None]
-            if len(readable) < len(sites) or self._slots + len(sites) > USDT_SLOTS:
-                probes[ev.probe] = "missing"  # a partly attached probe would be worse than none
-                continue
-            for site in sites:
-                self._set_spec(self._slots, USDT_BY_NAME[ev.probe], ev.string_arg, site)
-                usdt.attach(self.bpf, binary.path, site, f"qemu_usdt_{self._slots}")
-                self._slots += 1
-            probes[ev.probe] = "usdt"
-        return probes
+            plan[ev.probe] = sites
+            slots += len(sites)
+        return plan
 
     def _set_spec(self, slot: int, probe: int, string_arg: int, site: usdt.UsdtSite) -> None:
         table = self.bpf["qemu_usdt_spec"]

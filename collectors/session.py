@@ -223,6 +223,8 @@ class Collection:
                     last_flush = now
                 if now - last_report >= 0.5:
                     self._account_lost(program, writer)
+                    if tracker is not None:
+                        tracker.rescan()
                     if tracker is not None and len(tracker.traced()) != known_binaries:
                         known_binaries = len(tracker.traced())
                         attached, missing = self._probes(program, tracker)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a Debian 12 host for vmemtrace's collectors and real-event tests (run as root):
-#   - Debian packages: bcc (bpfcc-tools, python3-bpfcc, libbpfcc), kernel headers, QEMU, trace-cmd,
+#   - Debian packages: bcc (bpfcc-tools, python3-bpfcc, libbpfcc), bpftool, kernel headers, QEMU, trace-cmd,
 #     what the QEMU scenarios boot (busybox-static), and headless Chromium for the report tests;
 #   - /lib/modules/$(uname -r)/{build,source} pointing at Debian's headers when no package matches
 #     the running kernel (bcc compiles tracepoint/uprobe programs fine against them);
@@ -17,7 +17,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(bpfcc-tools python3-bpfcc libbpfcc linux-headers-amd64 qemu-system-x86 trace-cmd systemtap-sdt-dev
-          busybox-static cpio chromium chromium-driver socat)
+          busybox-static cpio chromium chromium-driver socat
+          bpftool)  # bpftool: tests/test_collector_faults.py checks nothing stays loaded
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

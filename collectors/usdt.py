@@ -93,8 +93,14 @@ def file_offset(path: str, vaddr: int) -> int:
 _attach_with_ref_ctr = None
 
 
-def attach(bpf, path: str, site: UsdtSite, fn_name: str) -> None:
-    """Attach `fn_name` at `site`, raising the probe's semaphore while attached if it has one."""
+def attach_at(bpf, path: str, offset: int, fn_name: str, *, ref_ctr_offset: int = 0) -> None:
+    """Attach `fn_name` as a uprobe at a file offset of the binary at `path`, with the given
+    reference counter. bcc detaches these with its own at cleanup.
+
+    Only for USDT sites: the kernel refuses two uprobes at one offset with different counters, and
+    bcc's own attach_uprobe passes an undefined one (its binding omits the argument), so probes on
+    functions, which other bcc tools may probe too, go through bcc's attach_uprobe.
+    """
     global _attach_with_ref_ctr
     from bcc import BPF
     from bcc.libbcc import lib
@@ -104,11 +110,15 @@ def attach(bpf, path: str, site: UsdtSite, fn_name: str) -> None:
         proto = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_ulonglong,
                              ct.c_int, ct.c_uint32)
         _attach_with_ref_ctr = proto(("bpf_attach_uprobe", lib))
-    module, offset = BPF._check_path_symbol(path.encode(), b"", site.address, -1)
-    ref_ctr = file_offset(path, site.semaphore) if site.semaphore else 0
     fn = bpf.load_func(fn_name.encode(), BPF.KPROBE)
-    ev_name = bpf._get_uprobe_evname(b"p", module, offset, -1)
-    fd = _attach_with_ref_ctr(fn.fd, 0, ev_name, module, offset, -1, ref_ctr)
+    ev_name = bpf._get_uprobe_evname(b"p", path.encode(), offset, -1)
+    fd = _attach_with_ref_ctr(fn.fd, 0, ev_name, path.encode(), offset, -1, ref_ctr_offset)
     if fd < 0:
-        raise OSError(f"could not attach to USDT probe {site.probe} at {path}+0x{offset:x}")
-    bpf._add_uprobe_fd(ev_name, fd)  # bcc detaches it with the others at cleanup
+        raise OSError(f"could not attach {fn_name} to {path}+0x{offset:x}")
+    bpf._add_uprobe_fd(ev_name, fd)
+
+
+def attach(bpf, path: str, site: UsdtSite, fn_name: str) -> None:
+    """Attach `fn_name` at `site`, raising the probe's semaphore while attached if it has one."""
+    attach_at(bpf, path, file_offset(path, site.address), fn_name,
+              ref_ctr_offset=file_offset(path, site.semaphore) if site.semaphore else 0)

@@ -13,10 +13,11 @@
 --   vCPU faults in a new one: device and guest no longer see the same memory there. `high`: the
 --   overlap. `critical`: a later fault or SPTE on that GPA, while the mapping is still live, shows
 --   a pfn other than the one the IOMMU was given (iommu:map) - divergence confirmed, both pfns in
---   the message. One finding per mapping and run of discards (a run breaks after 1 s without a
---   discard under that mapping; untimed logs: one run), split into the discards with a confirmed
+--   the message. One finding per mapping and run of discards (a run breaks at a whole second
+--   without a discard under that mapping; untimed logs: one run), split into the discards with a confirmed
 --   divergence (`critical`) and the rest (`high`): first and last discard, bytes, the GPA
---   ranges (hull in the columns, the first ranges in the message), evidence capped at the first
+--   ranges (hull in the columns; the first 8 in the message, pieces that touch end to start
+--   merged, the number of ranges beside them), evidence capped at the first
 --   50 discards with the total in the message - a balloon ignoring the inhibit gives one finding,
 --   not one per page. Window: from the map to the last discard (or the diverging access).
 --   Evidence: the map, the discards or invalidations, the MMU-notifier invalidations the discards
@@ -29,7 +30,7 @@ WITH inval AS (
 ), syscall_discards AS (
     SELECT DISTINCT event_id, ts_ns, end_ns, by_pid AS pid, tid, hva_start, hva_end
     FROM host_discards WHERE end_ns IS NOT NULL AND hva_start IS NOT NULL
-), caused AS (
+), caused AS MATERIALIZED (
     -- An invalidation raised inside a discard syscall of the same thread is that discard's effect.
     -- A thread is in one syscall at a time: its latest discard at or before the invalidation.
     SELECT i.event_id AS inval_id, d.event_id AS discard_id, i.hva_start, i.hva_end
@@ -54,7 +55,7 @@ WITH inval AS (
     JOIN dma_mappings m
       ON m.pid = t.pid AND m.mapped_ns < t.ts_ns AND (m.unmapped_ns IS NULL OR t.ts_ns < m.unmapped_ns)
      AND ranges_overlap(t.hva_start, t.hva_end, m.vaddr_start, m.vaddr_end)
-), located AS (
+), located AS MATERIALIZED (
     SELECT *, piece_hva_start AS p_start, piece_hva_end AS p_end,
            piece_gpa_start AS p_gpa, piece_gpa_end AS p_gpa_end,
            iova_start + (piece_hva_start - vaddr_start) AS p_iova,
@@ -88,39 +89,56 @@ WITH inval AS (
     WHERE x.cpu_pfn::HUGEINT <> (dp.paddr::HUGEINT + x.p_iova + x.access_gpa - x.p_gpa - dp.iova) // PAGE_SIZE()
     QUALIFY row_number() OVER (PARTITION BY x.trig_id, x.map_id, x.p_start
                                ORDER BY x.access_ns, x.access_id, dp.ts_ns DESC) = 1
-), caused_ids AS (
-    SELECT p.event_id, p.map_id, p.p_start, list(c.inval_id ORDER BY c.inval_id) AS ids
-    FROM located p
-    JOIN caused c ON c.discard_id = p.event_id AND ranges_overlap(c.hva_start, c.hva_end, p.p_start, p.p_end)
-    GROUP BY ALL
-), pieces AS (
+), pieces AS MATERIALIZED (
     SELECT p.event_id, p.ts_ns, p.pid, p.comm, p.what, p.kind, p.map_id, p.mapped_ns, p.api, p.buf_index,
            p.p_start, p.p_end, p.p_gpa, p.p_gpa_end, p.p_iova, p.p_iova_end,
-           d.access_id, d.access_ns, d.access_gpa, d.cpu_pfn, d.device_pfn, d.iommu_id, d.iommu_ns,
-           coalesce(c.ids, []) AS caused
+           d.access_id, d.access_ns, d.access_gpa, d.cpu_pfn, d.device_pfn, d.iommu_id, d.iommu_ns
     FROM located p
     LEFT JOIN divergence d ON d.trig_id = p.event_id AND d.map_id = p.map_id AND d.p_start = p.p_start
-    LEFT JOIN caused_ids c ON c.event_id = p.event_id AND c.map_id = p.map_id AND c.p_start = p.p_start
-), runs AS (
-    -- A run of discards under one mapping breaks after 1 s without one (untimed: never).
-    SELECT *, access_id IS NOT NULL AS diverged, sum(CASE WHEN prev_ns IS NULL OR (NOT order_only() AND ts_ns - prev_ns > 1000000000) THEN 1 ELSE 0 END)
-                  OVER (PARTITION BY pid, map_id, kind ORDER BY ts_ns, event_id, p_start ROWS UNBOUNDED PRECEDING) AS run_no
-    FROM (SELECT *, lag(ts_ns) OVER (PARTITION BY pid, map_id, kind ORDER BY ts_ns, event_id, p_start) AS prev_ns
+), seconds AS (
+    -- Runs over whole seconds: a run breaks at a second with no discard under the mapping
+    -- (untimed logs: one run). Gaps-and-islands over the distinct seconds only - few rows - so
+    -- a balloon of millions of pages costs hash joins, not windows over every piece.
+    SELECT pid, map_id, kind, sec,
+           sec - row_number() OVER (PARTITION BY pid, map_id, kind ORDER BY sec) AS run_no
+    FROM (SELECT DISTINCT pid, map_id, kind,
+                 CASE WHEN order_only() THEN 0 ELSE ts_ns // 1000000000 END AS sec
           FROM pieces)
-), merged AS (
-    -- Contiguous GPA pieces of one run become one range for the message.
-    SELECT *, sum(CASE WHEN p_gpa IS NULL OR reach IS NULL OR p_gpa > reach THEN 1 ELSE 0 END)
-                  OVER (PARTITION BY pid, map_id, kind, run_no, diverged ORDER BY p_gpa, p_start, event_id ROWS UNBOUNDED PRECEDING) AS range_no
-    FROM (SELECT *, max(p_gpa_end) OVER (PARTITION BY pid, map_id, kind, run_no, diverged ORDER BY p_gpa, p_start, event_id
-                                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
-          FROM runs)
-), ranges AS (
-    SELECT pid, map_id, kind, run_no, diverged, range_no, min(p_gpa) AS r0, max(p_gpa_end) AS r1
-    FROM merged GROUP BY ALL
+), runs AS MATERIALIZED (
+    SELECT p.*, s.run_no, p.access_id IS NOT NULL AS diverged
+    FROM pieces p
+    JOIN seconds s
+      ON s.pid = p.pid AND s.map_id = p.map_id AND s.kind = p.kind
+     AND s.sec = CASE WHEN order_only() THEN 0 ELSE p.ts_ns // 1000000000 END
+), run_ranges AS (
+    SELECT DISTINCT pid, map_id, kind, run_no, diverged, p_gpa, p_gpa_end
+    FROM runs WHERE p_gpa IS NOT NULL
+), range_starts AS (
+    -- Pieces that touch end to start are one range: a range starts where no piece ends.
+    SELECT a.* FROM run_ranges a
+    ANTI JOIN run_ranges b
+      ON b.pid = a.pid AND b.map_id = a.map_id AND b.kind = a.kind AND b.run_no = a.run_no
+     AND b.diverged = a.diverged AND b.p_gpa_end = a.p_gpa
+), range_ends AS (
+    SELECT a.* FROM run_ranges a
+    ANTI JOIN run_ranges b
+      ON b.pid = a.pid AND b.map_id = a.map_id AND b.kind = a.kind AND b.run_no = a.run_no
+     AND b.diverged = a.diverged AND b.p_gpa = a.p_gpa_end
+), first_starts AS (
+    SELECT * FROM range_starts
+    QUALIFY row_number() OVER (PARTITION BY pid, map_id, kind, run_no, diverged ORDER BY p_gpa) <= 8
 ), range_lists AS (
-    SELECT pid, map_id, kind, run_no, diverged, count(*) FILTER (WHERE r0 IS NOT NULL) AS n_ranges,
-           list(printf('0x%x-0x%x', r0, r1) ORDER BY r0) FILTER (WHERE r0 IS NOT NULL) AS gpa_ranges
-    FROM ranges GROUP BY ALL
+    SELECT c.pid, c.map_id, c.kind, c.run_no, c.diverged, c.n_ranges,
+           list(printf('0x%x-0x%x', f.p_gpa, f.r1) ORDER BY f.p_gpa) AS gpa_ranges
+    FROM (SELECT pid, map_id, kind, run_no, diverged, count(*) AS n_ranges FROM range_starts GROUP BY ALL) c
+    JOIN (SELECT f.pid, f.map_id, f.kind, f.run_no, f.diverged, f.p_gpa, min(e.p_gpa_end) AS r1
+          FROM first_starts f
+          JOIN range_ends e
+            ON e.pid = f.pid AND e.map_id = f.map_id AND e.kind = f.kind AND e.run_no = f.run_no
+           AND e.diverged = f.diverged AND e.p_gpa_end > f.p_gpa
+          GROUP BY ALL) f
+      USING (pid, map_id, kind, run_no, diverged)
+    GROUP BY ALL
 ), grouped AS (
     SELECT pid, map_id, kind, run_no, diverged,
            any_value(comm) AS comm, any_value(api) AS api, any_value(buf_index) AS buf_index,
@@ -136,12 +154,17 @@ WITH inval AS (
            max(coalesce(access_ns, ts_ns)) AS end_ns,
            min(iommu_ns) AS first_iommu_ns,
            list(DISTINCT event_id ORDER BY event_id)[1:50] AS trigger_ids,
-           list_distinct(flatten(list(caused)))[1:50] AS caused_ids,
            arg_min({'access_id': access_id, 'access_gpa': access_gpa, 'cpu_pfn': cpu_pfn, 'device_pfn': device_pfn,
                     'iommu_id': iommu_id, 'p_gpa': p_gpa, 'p_gpa_end': p_gpa_end, 'p_iova': p_iova, 'what': what},
                    (access_ns, access_id)) FILTER (WHERE access_id IS NOT NULL) AS div
-    FROM merged
+    FROM runs
     GROUP BY pid, map_id, kind, run_no, diverged
+), caused_ids AS (
+    -- The invalidations the listed discards raised over the run's range: evidence, not findings.
+    SELECT g.pid, g.map_id, g.kind, g.run_no, g.diverged, list(DISTINCT c.inval_id ORDER BY c.inval_id)[1:50] AS ids
+    FROM (SELECT pid, map_id, kind, run_no, diverged, hva_lo, hva_hi, unnest(trigger_ids) AS trig_id FROM grouped) g
+    JOIN caused c ON c.discard_id = g.trig_id AND ranges_overlap(c.hva_start, c.hva_end, g.hva_lo, g.hva_hi)
+    GROUP BY ALL
 )
 SELECT
     CASE WHEN g.div IS NULL THEN g.kind ELSE 'confirmed_divergence' END AS kind,
@@ -153,7 +176,7 @@ SELECT
     g.hva_lo AS hva_start, g.hva_hi AS hva_end,
     g.iova_lo AS iova_start, g.iova_hi AS iova_end,
     list_sort(list_distinct(
-        [g.map_id] || g.trigger_ids || g.caused_ids
+        [g.map_id] || g.trigger_ids || coalesce(ci.ids, [])
         || CASE WHEN g.div IS NULL THEN [] ELSE [g.div.iommu_id, g.div.access_id] END
     )) AS event_ids,
     CASE WHEN g.div IS NOT NULL THEN
@@ -181,3 +204,4 @@ SELECT
     END AS message
 FROM grouped g
 LEFT JOIN range_lists r USING (pid, map_id, kind, run_no, diverged)
+LEFT JOIN caused_ids ci USING (pid, map_id, kind, run_no, diverged)

@@ -72,8 +72,11 @@ def live_ranges(con, targets: pa.Table) -> dict[str, dict[str, list[dict]]]:
         out.setdefault(fid, {"slots": [], "maps": []})["slots"].append(
             {"start": g0, "end": g1, "title": f"memslot {slot}: GPA 0x{g0:x}-0x{g1:x} at HVA 0x{hva:x}"})
     for fid, eid, api, g0, g1, iova in maps:
+        if g0 is None:  # a pin outside guest RAM with no IOVA (an io_uring buffer of QEMU's own)
+            continue
+        io = f"IOVA 0x{iova:x}" if iova is not None else "no IOVA"
         out.setdefault(fid, {"slots": [], "maps": []})["maps"].append(
-            {"start": g0, "end": g1, "title": f"{api} mapping (event {eid}): GPA 0x{g0:x}-0x{g1:x}, IOVA 0x{iova:x}"})
+            {"start": g0, "end": g1, "title": f"{api} mapping (event {eid}): GPA 0x{g0:x}-0x{g1:x}, {io}"})
     return out
 
 

@@ -68,7 +68,12 @@ class Lane:
 
 
 def nice_step(span_s: float, target: int = 8) -> float:
+    """A tick step giving about `target` ticks that reads well in the unit time_label picks:
+    1-2-5 decades of seconds below 2 min, whole minutes / hours above."""
     raw = span_s / target
+    for unit, steps in ((3600.0, (1, 2, 3, 6, 12, 24, 48, 168)), (60.0, (1, 2, 5, 10, 15, 30, 60))):
+        if span_s >= 2 * unit * 2:
+            return next((m * unit for m in steps if m * unit >= raw), steps[-1] * unit * math.ceil(raw / (steps[-1] * unit)))
     mag = 10 ** math.floor(math.log10(raw))
     return next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
 
@@ -77,8 +82,8 @@ def time_label(s: float) -> str:
     if s == 0:
         return "0 s"
     for unit, scale in (("h", 3600.0), ("min", 60.0)):
-        if abs(s) >= 2 * scale:
-            return f"{s / scale:g} {unit}"
+        if abs(s) >= scale:
+            return f"{s / scale:.4g} {unit}"
     if abs(s) >= 1:
         return f"{s:.4g} s"
     if abs(s) >= 1e-3:
@@ -195,7 +200,7 @@ class Overview:
                 if v is not None:
                     y = base - v / peak * (lane.height - 2)
                     pts += [f"{self._bin_x(b):.1f},{y:.1f}", f"{self._bin_x(b) + w:.1f},{y:.1f}"]
-            lane.series.append({"cls": cls, "points": " ".join(pts), "label": name})
+            lane.series.append({"cls": cls, "points": " ".join(pts), "label": f"balloon {name}"})
             last = next(v for v in reversed(vals) if v is not None)
             notes.append(f"{name} {last:,.0f} MiB at end")
         lane.note = f"MiB in the balloon, 0-{peak:,.0f}; " + "; ".join(notes)

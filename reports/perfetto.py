@@ -8,8 +8,9 @@ Tracks:
       to the end of the run), ranges as args; overlapping mappings go to numbered tracks;
     - "memslot N": each memslot_timeline period as a slice, GPA/HVA ranges as args;
     - "hint rounds", "bitmap syncs", "balloon target": QEMU activity as slices;
-  "findings: D1" ... global tracks: each finding as a slice over its time window, with a flow
-  to each of its evidence events (at most MAX_FLOWS_PER_FINDING per finding).
+  "findings: D1" ... global tracks: each finding as a slice over its time window (numbered
+  tracks and overflow as for mappings), with a flow to each of its evidence events (at most
+  MAX_FLOWS_PER_FINDING per finding, MAX_FLOWS in all).
 
 Times are the run's CLOCK_MONOTONIC nanoseconds, written as they are on Perfetto's default
 clock. The protos are the ones the `perfetto` package ships; packets are streamed to the file
@@ -34,22 +35,27 @@ SEQUENCE = 1
 MAX_FLOWS_PER_FINDING = 32
 MAX_FLOWS = 500_000       # flows in all; findings past it keep their slice without flows
 BATCH = 65_536
+MAX_LANES = 32            # numbered slice tracks per kind; what does not fit becomes an instant
 BEGIN, END, INSTANT = pb.TrackEvent.TYPE_SLICE_BEGIN, pb.TrackEvent.TYPE_SLICE_END, pb.TrackEvent.TYPE_INSTANT
 
 
-def pack(intervals: list[tuple[int, int]]) -> list[int]:
+def pack(intervals: list[tuple[int, int]], max_lanes: int = MAX_LANES) -> list[int | None]:
     """Lane index per (start, end) so that intervals on one lane do not overlap (slices on one
-    Perfetto track must nest); greedy by start time, reusing the lane that freed up first."""
+    Perfetto track must nest); greedy by start time, reusing the lane that freed up first. None
+    for an interval that finds no free lane among max_lanes (so a million overlapping D1 windows
+    do not become a million tracks)."""
     order = sorted(range(len(intervals)), key=lambda i: intervals[i])
-    lanes: list[int] = [0] * len(intervals)
+    lanes: list[int | None] = [None] * len(intervals)
     free: list[tuple[int, int]] = []   # (end, lane)
     used = 0
     for i in order:
         start, end = intervals[i]
         if free and free[0][0] < start:  # strictly: an end and a begin at one instant may sort either way
             _, lane = heapq.heappop(free)
-        else:
+        elif used < max_lanes:
             lane, used = used, used + 1
+        else:
+            continue
         lanes[i] = lane
         heapq.heappush(free, (end, lane))
     return lanes
@@ -130,6 +136,16 @@ class TraceWriter:
         self.event(track, start, BEGIN, name, args, flows)
         self.event(track, max(end, start), END)
 
+    def span(self, pid: int | None, title: str, lane: int | None, start: int, end: int, name: str,
+             args: dict, flows=()) -> None:
+        """A slice on track `title` (numbered from its second lane), or, without a lane, an instant
+        at its start on `title (overflow)` with its end as an arg."""
+        if lane is None:
+            self.event(self.child(pid, f"{title} (overflow)"), start, INSTANT, name,
+                       {**args, "end_ns": end}, flows)
+        else:
+            self.slice(self.child(pid, title + (f" #{lane + 1}" if lane else "")), start, end, name, args, flows)
+
 
 def _flows(findings: pa.Table) -> tuple[dict[str, list[int]], dict[int, list[int]], int]:
     """Flow ids per finding and per evidence event: findings worst first, at most
@@ -182,12 +198,17 @@ def export_perfetto(run: Run, findings: pa.Table, out: Path) -> dict[str, Any]:
         maps = con.execute("""SELECT pid, api, event_id, unmap_event_id, mapped_ns, unmapped_ns,
                                      vaddr_start, vaddr_end, iova_start, iova_end, flags
                               FROM dma_mappings ORDER BY pid, mapped_ns""").fetchall()
-        lanes = pack([(m[4], m[5] if m[5] is not None else span_end) for m in maps])
+        lanes: list[int | None] = [None] * len(maps)
+        for pid in {m[0] for m in maps}:  # lanes per process: each has its own tracks
+            idx = [i for i, m in enumerate(maps) if m[0] == pid]
+            for i, lane in zip(idx, pack([(maps[i][4], maps[i][5] if maps[i][5] is not None else span_end)
+                                          for i in idx])):
+                lanes[i] = lane
         for m, lane in zip(maps, lanes):
             pid, api, eid, ueid, t0, t1, v0, v1, i0, i1, flags = m
-            track = w.child(pid, "DMA mappings" + (f" #{lane + 1}" if lane else ""))
-            w.slice(track, t0, t1 if t1 is not None else span_end, f"{api} IOVA {_hex_range(i0, i1)}",
-                    {"vaddr": _hex_range(v0, v1), "iova": _hex_range(i0, i1), "size": i1 - i0,
+            name = f"{api} IOVA {_hex_range(i0, i1)}" if i0 is not None else f"{api} vaddr {_hex_range(v0, v1)}"
+            w.span(pid, "DMA mappings", lane, t0, t1 if t1 is not None else span_end, name,
+                   {"vaddr": _hex_range(v0, v1), "iova": _hex_range(i0, i1) or None, "size": v1 - v0,
                      "map_event_id": eid, "unmap_event_id": ueid, "flags": flags,
                      "still_mapped_at_end": t1 is None})
 
@@ -203,11 +224,10 @@ def export_perfetto(run: Run, findings: pa.Table, out: Path) -> dict[str, Any]:
             _qemu_slices(con, w, span_end)
 
         for (fid, det, kind, sev, pid, comm, t0, t1, g0, g1, h0, h1, i0, i1, msg), lane in _finding_rows(findings):
-            track = w.child(None, f"findings: {det}" + (f" #{lane + 1}" if lane else ""))
-            w.slice(track, t0, t1, f"{sev} {det} {kind}",
-                    {"finding_id": fid, "process": f"{comm} ({pid})", "gpa": _hex_range(g0, g1),
-                     "hva": _hex_range(h0, h1), "iova": _hex_range(i0, i1), "message": msg},
-                    flows=flows_of_finding.get(fid, ()))
+            w.span(None, f"findings: {det}", lane, t0, t1, f"{sev} {det} {kind}",
+                   {"finding_id": fid, "process": f"{comm} ({pid})", "gpa": _hex_range(g0, g1),
+                    "hva": _hex_range(h0, h1), "iova": _hex_range(i0, i1), "message": msg},
+                   flows=flows_of_finding.get(fid, ()))
         w.flush()
     return {**w.counts, "findings": findings.num_rows, "evidence_links_without_flow": flows_left,
             "path": str(out)}
@@ -247,7 +267,7 @@ def _finding_rows(findings: pa.Table):
             "gpa_start", "gpa_end", "hva_start", "hva_end", "iova_start", "iova_end", "message")
     rows = [r for r in zip(*(findings.column(c).to_pylist() for c in cols)) if r[6] is not None]
     # Findings of one detector may overlap in time: numbered tracks per detector keep slices nested.
-    lanes: list[int] = [0] * len(rows)
+    lanes: list[int | None] = [None] * len(rows)
     for det in {r[1] for r in rows}:
         idx = [i for i, r in enumerate(rows) if r[1] == det]
         for i, lane in zip(idx, pack([(rows[i][6], rows[i][7] if rows[i][7] is not None else rows[i][6])

@@ -9,14 +9,18 @@ from pipeline.schema import SEVERITIES
 
 
 def detector_judgement(status: dict) -> tuple[str, str]:
-    """(class, text) of one detector status: "ran", "n/a" for lack of input, "error"."""
+    """(class, text) of one detector status: "ran"; "n/a" for lack of input; "no-relevant" when it
+    ran over tables with rows but none of the kinds it reasons about; "error"."""
     st = status["status"]
     if st == "error":
         return "error", f"error: {status.get('error') or 'see detect output'}"
     if st.startswith("not run"):
         needs = "; ".join(status.get("missing") or [])
         return "n/a", f"not applicable: the run has no {needs}" if needs else "not applicable"
-    return "ran", st  # "ran", or a refinement such as "ran: no relevant events"
+    if status.get("outcome") == "no relevant events":
+        what = "; ".join(status.get("relevant_missing") or [])
+        return "no-relevant", f"ran: no relevant events{f' (none of {what})' if what else ''}"
+    return "ran", st
 
 
 def qemu_binaries(sessions: list[dict]) -> list[dict]:

@@ -84,17 +84,18 @@ def test_migration_seen_through_the_copy(copied):
 
 
 def test_memslot_updates_fall_inside_memory_transaction_commits(copied):
-    """Transaction boundaries: each memslot ioctl of the copy, once attached, is issued inside an
-    outermost memory_region_transaction_commit on the same thread."""
+    """Transaction boundaries: each memslot ioctl of the copy is issued inside an outermost
+    memory_region_transaction_commit on the same thread, once that thread's commits are seen
+    whole (after its first recorded commit: one running while the probes went in has no entry)."""
     run = copied["run"]
-    attached_ns = run.manifest["sessions"][-1]["traced"]["qemu_binaries"][0]["attached_ns"]
     con = duckdb.connect()
     con.register("m", run.read_family("memslots"))
     con.register("q", run.read_family("qemu"))
     inside, outside = con.execute("""
+        WITH c AS (SELECT * FROM q WHERE event = 'memory_commit' AND pid = $pid),
+             seen AS (SELECT tid, min(end_ns) AS first_end FROM c GROUP BY tid),
+             mm AS (SELECT m.* FROM m JOIN seen USING (tid) WHERE m.pid = $pid AND m.ts_ns > seen.first_end)
         SELECT count(*) FILTER (WHERE c.ts_ns IS NOT NULL), count(*) FILTER (WHERE c.ts_ns IS NULL)
-        FROM (SELECT * FROM m WHERE pid = $pid AND ts_ns > $attached) m
-        LEFT JOIN (SELECT * FROM q WHERE event = 'memory_commit' AND pid = $pid) c
-          ON c.tid = m.tid AND m.ts_ns BETWEEN c.ts_ns AND c.end_ns
-    """, {"pid": copied["pid"], "attached": attached_ns}).fetchone()
+        FROM mm LEFT JOIN c ON c.tid = mm.tid AND mm.ts_ns BETWEEN c.ts_ns AND c.end_ns
+    """, {"pid": copied["pid"]}).fetchone()
     assert inside > 0 and outside == 0

@@ -7,6 +7,7 @@ import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
@@ -151,3 +152,28 @@ def test_trace_processor_loads_the_export(kvm_boot, tmp_path, cli):
     assert n_slices == sum(1 for _, te in t.events if te.type in (TE.TYPE_SLICE_BEGIN, TE.TYPE_INSTANT))
     assert n_flows == sum(len(te.flow_ids) for _, te in t.events)
     assert pids == set(t.process_of.values())
+
+
+def test_overlapping_findings_beyond_the_lane_cap_become_instants(tmp_path, cli):
+    """50 findings whose windows all overlap (D1 windows run from the DMA map to each discard):
+    MAX_LANES slice tracks, the rest instants on an overflow track, all with their flows."""
+    from reports.perfetto import MAX_LANES, export_perfetto
+    from tests.test_report_page import synthetic_findings
+
+    run_dir = tmp_path / "run"
+    assert cli("import", "jsonl", FIXTURES / "demo" / "vfio-balloon.jsonl", "--run", run_dir).exit_code == 0
+    run = open_run(run_dir)
+    ids = run.read_family("discards").column("event_id").to_pylist()
+    findings = synthetic_findings(50, ids, 1_000_000, 1_000_100)
+    findings = findings.set_column(findings.schema.get_field_index("ts_end_ns"), "ts_end_ns",
+                                   pa.array([12_000_000] * 50, pa.int64()))
+    done = export_perfetto(run, findings, tmp_path / "t.pftrace")
+    t = Decoded(pb.Trace.FromString((tmp_path / "t.pftrace").read_bytes()))
+    slices = t.slices("findings: D1")
+    overflow = [te for _, te in t.events if t.tracks[te.track_uuid].name == "findings: D1 (overflow)"]
+    assert len(slices) == MAX_LANES and len(overflow) == 50 - MAX_LANES
+    assert {a["finding_id"] for _, _, a, _ in slices} | \
+        {t.args(te)["finding_id"] for te in overflow} == set(findings.column("finding_id").to_pylist())
+    assert all(t.args(te)["end_ns"] == 12_000_000 and te.flow_ids for te in overflow)
+    assert len([u for u, d in t.tracks.items() if d.name.startswith("findings: D1")]) == MAX_LANES + 1
+    assert done["flows"] == sum(len(te.flow_ids) for _, te in t.events)

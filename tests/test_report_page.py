@@ -244,14 +244,19 @@ def test_real_balloon_run_in_chromium(tmp_path, cli, browser):  # noqa: F811
     verdict = browser.find_element(By.ID, "verdict").text
     assert verdict.splitlines()[0].startswith("info")
     assert "not applicable: the run has no dma" in verdict  # D1: no VFIO device here, not an error
+    _, statuses = load_findings(run)
+    for st in statuses:
+        if st.get("outcome") == "no relevant events":  # D3: QEMU rows, but no hints or reports
+            assert f"{st['id']} {st['title']}: ran: no relevant events" in verdict
+    assert "error" not in verdict
     assert "QEMU emulator version 7.2" in verdict
     lane = browser.find_element(By.CSS_SELECTOR, 'g[data-lane="balloon size"]')
-    target = lane.find_element(By.CSS_SELECTOR, 'polyline[data-series="target"]')
+    target = lane.find_element(By.CSS_SELECTOR, 'polyline[data-series="balloon target"]')
     ys = [float(p.split(",")[1]) for p in target.get_attribute("points").split()]
     assert len(set(ys)) == 2  # 256 MiB in the balloon, then 0 again: the two QMP targets
     qemu = run.read_family("qemu")
     con_has_actual = pc.sum(pc.equal(qemu["event"], "balloon_set_config")).as_py()
-    actual = lane.find_elements(By.CSS_SELECTOR, 'polyline[data-series="actual"]')
+    actual = lane.find_elements(By.CSS_SELECTOR, 'polyline[data-series="balloon actual"]')
     assert bool(actual) == bool(con_has_actual)
     if not con_has_actual:
         assert "actual: not in the run" in lane.text
@@ -278,3 +283,18 @@ def test_real_kvm_boot_memslot_gaps_end_when_the_same_slot_returns(tmp_path, cli
                  and s["ts_ns"] > d["ts_ns"] and s["size"] and not s["ret"]]
         expected = min(later, key=lambda s: s["ts_ns"])["event_id"] if later else None
         assert g["data-end-event"] == (str(expected) if expected is not None else "")
+
+
+def test_overview_of_a_run_of_days_has_an_hour_axis(tmp_path, cli):
+    day = 86_400 * 10**9
+    events = [{"kind": "discard", "ts_ns": 1_000 + i * day // 2, "pid": 5, "comm": "qemu", "syscall": "madvise",
+               "hva_start": hex(0x7F0000000000 + i * 4096), "size": "0x1000", "advice": 4, "ret": 0}
+              for i in range(7)]  # every 12 h for 3 days
+    run = tmp_path / "run"
+    assert cli("import", "jsonl", write_jsonl(tmp_path / "days.jsonl", events), "--run", run).exit_code == 0
+    res = cli("report", run)
+    assert res.exit_code == 0
+    html = Path(res.stdout.strip()).read_text()
+    ticks = re.findall(r'<text class="tick"[^>]*>([^<]+)</text>', html)
+    assert ticks[0] == "0 s" and all(t.endswith(" h") for t in ticks[1:]) and "72 h" in ticks
+    assert "(72 h) in 21.6 min bins" in html

@@ -66,8 +66,10 @@ __attribute__((noinline)) void memory_region_transaction_commit(int nested)
     depth_seen++;
 }
 
-__attribute__((noinline)) void accel_ioctl_inhibit_begin(void) { depth_seen++; }
-__attribute__((noinline)) void accel_ioctl_inhibit_end(void) { depth_seen++; }
+/* Different bodies: gcc -O2 folds identical functions into one address. */
+static volatile int inhibited;
+__attribute__((noinline)) void accel_ioctl_inhibit_begin(void) { inhibited = 1; }
+__attribute__((noinline)) void accel_ioctl_inhibit_end(void) { inhibited = 0; depth_seen++; }
 
 int main(int argc, char **argv)
 {

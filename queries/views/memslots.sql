@@ -67,6 +67,17 @@ FROM _memslot_calls d
 LEFT JOIN memslot_timeline t ON t.ended_by = d.event_id
 WHERE d.size = 0;
 
+-- _memslot_buckets (materialised): the timeline once per 1 GiB bucket of HVA and of GPA its
+-- range touches, so that translating many events is a hash join on (pid, bucket) against the few
+-- periods of that bucket, not every event against every memslot period of the process.
+CREATE OR REPLACE MACRO _bucket(a) AS (a >> 30)::BIGINT;
+CREATE OR REPLACE TEMP TABLE _memslot_hva_buckets AS
+SELECT *, unnest(range(_bucket(hva_start), _bucket(hva_end - 1) + 1)) AS bucket
+FROM memslot_timeline WHERE as_id = 0;
+CREATE OR REPLACE TEMP TABLE _memslot_gpa_buckets AS
+SELECT *, unnest(range(_bucket(gpa_start), _bucket(gpa_end - 1) + 1)) AS bucket
+FROM memslot_timeline WHERE as_id = 0;
+
 -- hva_to_gpa(tbl): tbl's rows (columns pid, ts_ns, hva_start, hva_end) with the piece of their
 -- HVA range inside each address-space-0 memslot live at ts_ns. A row no memslot backs comes out
 -- once with NULL pieces (filter on slot_event_id to keep guest RAM only). Adds:
@@ -74,27 +85,40 @@ WHERE d.size = 0;
 --   piece_hva_start, piece_hva_end                the HVA piece (the whole range when no slot)
 --   piece_gpa_start, piece_gpa_end                the GPA it backs (NULL when no slot)
 CREATE OR REPLACE MACRO hva_to_gpa(tbl) AS TABLE
-SELECT r.*, s.slot AS slot_id, s.flags AS slot_flags, s.event_id AS slot_event_id,
-       greatest(r.hva_start, coalesce(s.hva_start, r.hva_start)) AS piece_hva_start,
-       least(r.hva_end, coalesce(s.hva_end, r.hva_end)) AS piece_hva_end,
-       s.gpa_start + (greatest(r.hva_start, s.hva_start) - s.hva_start) AS piece_gpa_start,
-       s.gpa_start + (least(r.hva_end, s.hva_end) - s.hva_start) AS piece_gpa_end
-FROM query_table(tbl) r
-LEFT JOIN memslot_timeline s
-  ON s.pid = r.pid AND s.as_id = 0 AND live_at(r.ts_ns, s.valid_from, s.valid_to)
- AND ranges_overlap(s.hva_start, s.hva_end, r.hva_start, r.hva_end);
+WITH _rows AS (
+    SELECT *, row_number() OVER () AS _row FROM query_table(tbl)
+), _hits AS (
+    -- Each (row, period) pair meets once: in the bucket where their overlap starts.
+    SELECT r._row, s.slot, s.flags, s.event_id, s.hva_start AS s_hva, s.hva_end AS s_hva_end, s.gpa_start AS s_gpa
+    FROM (SELECT _row, pid, ts_ns, hva_start, hva_end,
+                 unnest(range(_bucket(hva_start), _bucket(hva_end - 1) + 1)) AS bucket
+          FROM _rows WHERE hva_start IS NOT NULL AND hva_end > hva_start) r
+    JOIN _memslot_hva_buckets s
+      ON s.pid = r.pid AND s.bucket = r.bucket AND live_at(r.ts_ns, s.valid_from, s.valid_to)
+     AND ranges_overlap(s.hva_start, s.hva_end, r.hva_start, r.hva_end)
+     AND r.bucket = _bucket(greatest(r.hva_start, s.hva_start))
+)
+SELECT r.* EXCLUDE (_row), h.slot AS slot_id, h.flags AS slot_flags, h.event_id AS slot_event_id,
+       greatest(r.hva_start, coalesce(h.s_hva, r.hva_start)) AS piece_hva_start,
+       least(r.hva_end, coalesce(h.s_hva_end, r.hva_end)) AS piece_hva_end,
+       h.s_gpa + (greatest(r.hva_start, h.s_hva) - h.s_hva) AS piece_gpa_start,
+       h.s_gpa + (least(r.hva_end, h.s_hva_end) - h.s_hva) AS piece_gpa_end
+FROM _rows r
+LEFT JOIN _hits h ON h._row = r._row;
 
 -- gpa_to_hva(tbl): the reverse, for rows that name guest-physical ranges (columns pid, ts_ns,
 -- gpa_start, gpa_end): one row per address-space-0 memslot piece live at ts_ns; rows no memslot
 -- backs are dropped (they name no guest RAM). Adds slot_id, slot_event_id, piece_gpa_start,
 -- piece_gpa_end, piece_hva_start, piece_hva_end.
 CREATE OR REPLACE MACRO gpa_to_hva(tbl) AS TABLE
-SELECT r.*, s.slot AS slot_id, s.event_id AS slot_event_id,
+SELECT r.* EXCLUDE (bucket), s.slot AS slot_id, s.event_id AS slot_event_id,
        greatest(r.gpa_start, s.gpa_start) AS piece_gpa_start,
        least(r.gpa_end, s.gpa_end) AS piece_gpa_end,
        s.hva_start + (greatest(r.gpa_start, s.gpa_start) - s.gpa_start) AS piece_hva_start,
        s.hva_start + (least(r.gpa_end, s.gpa_end) - s.gpa_start) AS piece_hva_end
-FROM query_table(tbl) r
-JOIN memslot_timeline s
-  ON s.pid = r.pid AND s.as_id = 0 AND live_at(r.ts_ns, s.valid_from, s.valid_to)
- AND ranges_overlap(s.gpa_start, s.gpa_end, r.gpa_start, r.gpa_end);
+FROM (SELECT *, unnest(range(_bucket(gpa_start), _bucket(gpa_end - 1) + 1)) AS bucket
+      FROM query_table(tbl) WHERE gpa_end > gpa_start) r
+JOIN _memslot_gpa_buckets s
+  ON s.pid = r.pid AND s.bucket = r.bucket AND live_at(r.ts_ns, s.valid_from, s.valid_to)
+ AND ranges_overlap(s.gpa_start, s.gpa_end, r.gpa_start, r.gpa_end)
+ AND r.bucket = _bucket(greatest(r.gpa_start, s.gpa_start));

@@ -34,7 +34,7 @@ def status_text(s: dict) -> str:
         return f"n/a: no {'; '.join(s['missing'])} events"
     if s["status"] == "error":
         return f"error: {s.get('error')}"
-    return "ran"
+    return "ran: no relevant events" if s.get("outcome") == "no relevant events" else "ran"
 
 
 def detect(
