@@ -99,8 +99,9 @@ def event_sql(ev: Event) -> str:
     for c, expr in ev.columns.items():
         given = " AND ".join(f"f_{r} IS NOT NULL" for r in _incl_refs(expr)) or "true"
         checks.append(f"WHEN {given} AND {c} IS NULL THEN '{c}'")
-    # Only what the staging insert and the error report read is materialised (not the tokens).
-    keep_cols = ", ".join(["line_no", "tid", "tname", "t_ns", "t_kind", "pid_hint", "ident", "args", "extra"]
+    # Only what the staging insert reads is materialised (not the tokens, nor the arguments: the
+    # error report of a rejected line takes them from `env`).
+    keep_cols = ", ".join(["line_no", "tid", "tname", "t_ns", "t_kind", "pid_hint", "ident", "extra"]
                           + [f'"{c}"' for c in ev.columns])
     return f"""
     SELECT {keep_cols}, CASE {' '.join(checks)} END AS bad, coalesce({ev.where or 'true'}, false) AS keep FROM (
@@ -212,7 +213,8 @@ def _scan_batch(stage: _Stage, scan: Scan, path: Path, file_idx: int, seq_base: 
             continue
         con.execute(f"CREATE OR REPLACE TEMP TABLE evt AS {stage.sql[name]}")
         for line_no, col, args in con.execute(
-                "SELECT line_no, bad, args FROM evt WHERE bad IS NOT NULL ORDER BY line_no").fetchall():
+                "SELECT line_no, bad, env.args FROM evt JOIN env USING (line_no) WHERE bad IS NOT NULL "
+                "ORDER BY line_no").fetchall():
             if col == "arguments":
                 col, fmt = first_bad_field(ev, args)
                 why = f"{name}: arguments {args[:200]!r} do not match QEMU's format {fmt!r}"
