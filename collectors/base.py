@@ -95,6 +95,6 @@ def nullable(arr: np.ndarray, null: np.ndarray) -> pa.Array:
     # Most batches are all one kind of record: skip building a validity bitmap where none is needed.
     if not null.any():
         return pa.array(arr)
-    if null.all():
+    if null.all() and arr.dtype != object:  # object arrays (strings) have no Arrow type to name here
         return pa.nulls(len(arr), pa.from_numpy_dtype(arr.dtype))
     return pa.array(arr, mask=null)

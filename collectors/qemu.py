@@ -94,7 +94,7 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
         size=nullable(np.where(rb, a2, a1), ~(rb | hint)),
         rb_offset=nullable(a1, ~rb),
         count=nullable(a0.astype(np.int64), ~flags),
-        detail=nullable(detail.astype(object), ~(rb | reason | commit)),
+        detail=nullable(detail, ~(rb | reason | commit)),
         # int-returning QEMU functions use the low 32 bits of rax, bool ones the low 8.
         ret=nullable(np.where(_kind_mask(fn, "query"), rec["ret"].astype(np.int64) & 0xFF,
                               rec["ret"].astype(np.int64).astype(np.int32).astype(np.int64)), ~has_ret),

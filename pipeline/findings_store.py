@@ -103,8 +103,8 @@ def write_findings_csv(findings: pa.Table, path: Path) -> None:
     flat = findings
     for name in ("event_ids", "related"):
         idx = flat.schema.get_field_index(name)
-        joined = [" ".join(map(str, v)) for v in flat.column(name).to_pylist()]
-        flat = flat.set_column(idx, name, pa.array(joined, pa.string()))
+        as_text = flat.column(name).cast(pa.list_(pa.string()))
+        flat = flat.set_column(idx, name, pc.binary_join(as_text, " "))
     buf = io.BytesIO()
     pacsv.write_csv(neutralise_formulas(flat), buf)
     write_bytes(Path(path), buf.getvalue())

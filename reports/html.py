@@ -31,6 +31,7 @@ from pipeline.findings_store import findings_dir, has_findings, neutralise_formu
 from pipeline.runstore import DIR_MODE, Run, write_bytes, write_parquet
 from pipeline.schema import SEVERITIES
 from queries.runner import connect
+from reports import SQL_MODULES
 from reports.baseline import comparison_key
 from reports.address_space import pictures
 from reports.overview import finding_density, overview, process_summary
@@ -157,7 +158,7 @@ def _full_findings(run: Run, findings: pa.Table, out: Path) -> None:
 
 def write_report(run: Run, findings: pa.Table, statuses: list[dict], out: Path) -> Path:
     out.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    con = connect(run)
+    con = connect(run, include=SQL_MODULES)
     data = report_data(run, con, findings, statuses)
     lifetimes = mapping_lifetimes(con, [e["event_id"] for f in data["findings"] for e in f["evidence"]
                                         if e["lane"] == "dma"])
@@ -195,7 +196,7 @@ def write_report(run: Run, findings: pa.Table, statuses: list[dict], out: Path) 
 
 
 def report_json(run: Run, findings: pa.Table, statuses: list[dict]) -> str:
-    return json.dumps(report_data(run, connect(run), findings, statuses), indent=2)
+    return json.dumps(report_data(run, connect(run, include=SQL_MODULES), findings, statuses), indent=2)
 
 
 def _csv(path: Path, rows: list[dict]) -> None:

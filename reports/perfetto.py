@@ -29,6 +29,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from pipeline.runstore import Run
 from pipeline.schema import SEVERITIES
 from queries.runner import connect
+from reports import SQL_MODULES
 from reports.overview import process_summary
 
 SEQUENCE = 1
@@ -180,7 +181,7 @@ def _stream(con, sql: str):
 
 def export_perfetto(run: Run, findings: pa.Table, out: Path) -> dict[str, Any]:
     """Write the run (and its findings) to `out` as a Perfetto trace; returns what was written."""
-    con = connect(run)
+    con = connect(run, include=SQL_MODULES)
     families = {f for f, n in run.row_counts().items() if n}
     flows_of_finding, flows_of_event, flows_left = _flows(findings)
     span_end = con.execute("SELECT max(ts_ns) FROM event_labels").fetchone()[0] or 0

@@ -50,6 +50,10 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
+def _rows_on_disk(run: Path) -> int:
+    return open_run(run).manifest["sessions"][0]["rows"].get("discards", 0)
+
+
 def test_sigkill_after_a_burst_and_silence_keeps_the_burst(tmp_path):
     from collectors.session import FLUSH_SECONDS
 
@@ -58,7 +62,11 @@ def test_sigkill_after_a_burst_and_silence_keeps_the_burst(tmp_path):
                          start_new_session=True)
     try:
         _wait_for(marker, collector)
-        time.sleep(FLUSH_SECONDS + 1.0)  # the quiet period: one flush interval and a drain
+        # The quiet period: nothing after the burst makes the collector write, yet its rows must
+        # reach disk (every FLUSH_SECONDS; the deadline is generous for a loaded machine).
+        deadline = time.monotonic() + FLUSH_SECONDS + 30
+        while _rows_on_disk(run) < BURST and time.monotonic() < deadline:
+            time.sleep(0.2)
         os.killpg(collector.pid, signal.SIGKILL)  # the collector and the workload it started
         collector.wait()
     finally:

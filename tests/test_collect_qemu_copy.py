@@ -85,16 +85,17 @@ def test_migration_seen_through_the_copy(copied):
 
 def test_memslot_updates_fall_inside_memory_transaction_commits(copied):
     """Transaction boundaries: each memslot ioctl of the copy is issued inside an outermost
-    memory_region_transaction_commit on the same thread, once that thread's commits are seen
-    whole (after its first recorded commit: one running while the probes went in has no entry)."""
+    memory_region_transaction_commit on the same thread, from the start of that thread's first
+    recorded commit on (a commit running while the probes went in has no record; a thread's
+    outermost commits do not overlap)."""
     run = copied["run"]
     con = duckdb.connect()
     con.register("m", run.read_family("memslots"))
     con.register("q", run.read_family("qemu"))
     inside, outside = con.execute("""
         WITH c AS (SELECT * FROM q WHERE event = 'memory_commit' AND pid = $pid),
-             seen AS (SELECT tid, min(end_ns) AS first_end FROM c GROUP BY tid),
-             mm AS (SELECT m.* FROM m JOIN seen USING (tid) WHERE m.pid = $pid AND m.ts_ns > seen.first_end)
+             seen AS (SELECT tid, min(ts_ns) AS first_start FROM c GROUP BY tid),
+             mm AS (SELECT m.* FROM m JOIN seen USING (tid) WHERE m.pid = $pid AND m.ts_ns >= seen.first_start)
         SELECT count(*) FILTER (WHERE c.ts_ns IS NOT NULL), count(*) FILTER (WHERE c.ts_ns IS NULL)
         FROM mm LEFT JOIN c ON c.tid = mm.tid AND mm.ts_ns BETWEEN c.ts_ns AND c.end_ns
     """, {"pid": copied["pid"]}).fetchone()

@@ -13,15 +13,10 @@ import sys
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pytest
 
 from pipeline.runstore import open_run
 from tests.test_collectors_real import ROOT, VMEMTRACE, can_trace  # noqa: F401  (root, tracefs, bcc)
 from tests.workloads.io_uring_pin import DISCARD
-
-D1_READS_IO_URING = "io_uring" in (ROOT / "queries" / "views" / "pins.sql").read_text()
-D1_MISSING = ("D1 does not read io_uring pins yet: engineer sql's dma_mappings/D1 support for api "
-              "io_uring (queries/views/pins.sql) has not reached this branch")
 
 
 def collect_pin(tmp_path: Path, mode: str) -> tuple[Path, dict]:
@@ -76,8 +71,6 @@ def test_discard_under_registered_buffer_is_reported_high(tmp_path):
     assert all(p is not None for p in did["pinned_pfns"] + did["after_pfns"])
     assert pin_rows(run, did) == expected_pins(did)
     assert buffer_discards(run, did) == [expected_discard(did)]
-    if not D1_READS_IO_URING:
-        pytest.skip(D1_MISSING)
     findings = d1_findings(run)
     assert [(f["severity"], f["hva_start"], f["hva_end"]) for f in findings] == \
         [("high", did["discard"]["hva_start"], did["discard"]["hva_start"] + did["discard"]["size"])]
@@ -88,8 +81,6 @@ def test_no_discard_gives_no_finding(tmp_path):
     assert did["diverged_pages"] == [] and did["pinned_pfns"] == did["after_pfns"]
     assert pin_rows(run, did) == expected_pins(did)
     assert buffer_discards(run, did) == []
-    if not D1_READS_IO_URING:
-        pytest.skip(D1_MISSING)
     assert d1_findings(run) == []
 
 
@@ -100,6 +91,4 @@ def test_discard_after_unregister_gives_no_finding(tmp_path):
     unregister = [r for r in family_rows(run, "dma", did["pid"]) if r["op"] == "unmap"][0]
     madv = [r for r in family_rows(run, "discards", did["pid"]) if r["hva_start"] == did["discard"]["hva_start"]][0]
     assert unregister["end_ns"] <= madv["ts_ns"]  # the pin had ended before the discard began
-    if not D1_READS_IO_URING:
-        pytest.skip(D1_MISSING)
     assert d1_findings(run) == []

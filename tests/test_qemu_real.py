@@ -79,7 +79,7 @@ def test_qemu_log_aligns_on_the_same_ioctls(traced_qemu, tmp_path):
     assert session["clock"]["alignment"] == "memslots"
     # The matched lines are the same ioctls: the run keeps one copy of each.
     assert session["memslots_already_in_run"] == a.matched
-    assert "memslots" not in session["rows"] and "memslots" not in res["rows"]
+    assert "memslots" not in session["rows"]
 
 
 def test_uprobes_see_migration_and_dirty_logging(traced_qemu):
@@ -106,8 +106,10 @@ def test_mmu_notifier_and_discards_from_qemu(traced_qemu):
 
 
 def test_detectors_on_a_correct_qemu_72(traced_qemu, tmp_path):
-    """QEMU 7.2 predates atomic memslot updates: D4 reports its real windows while SeaBIOS runs;
-    nothing else is wrong with this VM."""
+    """QEMU 7.2 predates atomic memslot updates: D4 reports its real windows, classified by the
+    traced KVM_RUN: the one vCPU makes the updates itself after an exit to QEMU (SeaBIOS
+    programming the PAM/SMRAM registers), so no vCPU is inside KVM_RUN in any window: unreachable,
+    info. Nothing else is wrong with this VM."""
     import shutil
 
     from queries.runner import run_detectors
@@ -123,5 +125,7 @@ def test_detectors_on_a_correct_qemu_72(traced_qemu, tmp_path):
     findings = result.findings.filter(pc.equal(result.findings["pid"], traced_qemu["pid"])).to_pylist()
     assert {f["detector"] for f in findings} == {"D4"}
     windows = [f for f in findings if f["kind"] == "update_window"]
-    assert any(f["severity"] == "medium" for f in windows)  # while the guest (SeaBIOS) ran
+    runs = open_run(run).read_family("vcpu_runs")
+    assert pc.sum(pc.equal(runs["pid"], traced_qemu["pid"])).as_py() > 0
+    assert windows and all(f["severity"] == "info" for f in windows)
     assert all(f["ts_end_ns"] > f["ts_start_ns"] and f["gpa_start"] < f["gpa_end"] for f in windows)

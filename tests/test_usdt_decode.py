@@ -81,3 +81,21 @@ def test_version_from_the_file_and_version_ranges(tmp_path):
     assert QemuBinary("x", 1, 2, None, None).in_version((5, 1), None) is None
     (tmp_path / "empty").write_bytes(b"")
     assert read_version(str(tmp_path / "empty")) is None
+
+
+def test_uprobe_batches_of_one_kind_decode():
+    """A batch holding only QEMU's answers (no detail anywhere) and one of commits and discards."""
+    from collectors.qemu import DTYPE, FUNCTIONS, decode
+
+    index = {f.symbol: i for i, f in enumerate(FUNCTIONS)}
+    only = np.zeros(3, DTYPE)
+    only["fn"] = index["ram_block_discard_is_disabled"]
+    only["ret"] = [1, 0, 0x101]
+    assert decode(only, "bpf:qemu")["qemu"]["ret"].to_pylist() == [1, 0, 1]
+    mixed = np.zeros(2, DTYPE)
+    mixed["fn"] = [index["memory_region_transaction_commit"], index["ram_block_discard_range"]]
+    mixed["arg0"], mixed["arg2"] = [0, 0xabc0], [0, 4096]
+    rows = decode(mixed, "bpf:qemu")["qemu"].to_pylist()
+    assert [(r["event"], r["detail"], r["size"]) for r in rows] == [
+        ("memory_commit", "memory_region_transaction_commit", None),
+        ("ram_block_discard_range", "RAMBlock@0xabc0", 4096)]
