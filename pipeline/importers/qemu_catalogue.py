@@ -150,17 +150,21 @@ def field_text(event: Event, name: str) -> str:
     """DuckDB expression of a field's text (NULL when the line does not carry it).
 
     The text comes from the line's tokens when `tgen` (its token generation) is known, else from
-    the pattern's capture groups (`m`, extracted only for those lines)."""
-    texts = []
+    the pattern's capture groups (`m`, extracted only for those lines). One CASE over `tgen`:
+    generations that cut the same token share a branch."""
+    by_token: dict[str, list[int]] = {}
+    captured = []
     for g, fmt in enumerate(event.formats):
         if "{" + name + ":" not in fmt:
             continue
         plan = event.token_plan(g)
         token = _token_text(plan, name) if plan else None
-        captured = f"m['{name}__{g}']"
-        from_token = f"WHEN tgen = {g} THEN {token} " if token else ""
-        texts.append(f"CASE {from_token}WHEN tgen IS NULL THEN nullif({captured}, '') END")
-    return texts[0] if len(texts) == 1 else "coalesce(" + ", ".join(texts) + ")"
+        if token:
+            by_token.setdefault(token, []).append(g)
+        captured.append(f"nullif(m['{name}__{g}'], '')")
+    whens = "".join(f"WHEN tgen IN ({', '.join(map(str, gens))}) THEN {token} " for token, gens in by_token.items())
+    from_captures = captured[0] if len(captured) == 1 else "coalesce(" + ", ".join(captured) + ")"
+    return f"CASE {whens}WHEN tgen IS NULL THEN {from_captures} END"
 
 
 def field_value(event: Event, name: str) -> str:

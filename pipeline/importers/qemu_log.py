@@ -73,6 +73,11 @@ def _incl_refs(expr: str) -> list[str]:
     return sorted(set(re.findall(r"\bf_(\w+)", expr)))
 
 
+# trim() decodes every character (it strips Unicode spaces): only lines that may need it pay for it.
+_TRIMMED_ARGS = ("CASE WHEN starts_with(args, ' ') OR ends_with(args, ' ') OR strlen(args) <> length(args) "
+                 "THEN trim(args) ELSE args END")
+
+
 def event_sql(ev: Event) -> str:
     """SQL over the batch's `env` rows of one event: its parsed, typed family columns, `bad` naming
     the first field that does not parse or fit its column (NULL for a good line), `keep` (the row
@@ -94,8 +99,9 @@ def event_sql(ev: Event) -> str:
     for c, expr in ev.columns.items():
         given = " AND ".join(f"f_{r} IS NOT NULL" for r in _incl_refs(expr)) or "true"
         checks.append(f"WHEN {given} AND {c} IS NULL THEN '{c}'")
-    # Only what the staging insert and the error report read is materialised (not the tokens).
-    keep_cols = ", ".join(["line_no", "tid", "tname", "t_ns", "t_kind", "pid_hint", "ident", "args", "extra"]
+    # Only what the staging insert reads is materialised (not the tokens, nor the arguments: the
+    # error report of a rejected line takes them from `env`).
+    keep_cols = ", ".join(["line_no", "tid", "tname", "t_ns", "t_kind", "pid_hint", "ident", "extra"]
                           + [f'"{c}"' for c in ev.columns])
     return f"""
     SELECT {keep_cols}, CASE {' '.join(checks)} END AS bad, coalesce({ev.where or 'true'}, false) AS keep FROM (
@@ -105,7 +111,7 @@ def event_sql(ev: Event) -> str:
             SELECT *, CASE WHEN tgen IS NULL AND ok THEN regexp_extract(args, {p_sql}, {sql_list(group_names(pattern))})
                       END AS m FROM (
             SELECT *, regexp_full_match(args, {p_sql}) AS ok, {token_generation(ev)} AS tgen FROM (
-              SELECT line_no, tid, tname, t_ns, t_kind, pid_hint, ident, args, string_split(trim(args), ' ') AS tk
+              SELECT line_no, tid, tname, t_ns, t_kind, pid_hint, ident, args, string_split({_TRIMMED_ARGS}, ' ') AS tk
               FROM env WHERE event = {sql_str(ev.name)} AND NOT prefix_bad))))))"""
 
 
@@ -207,7 +213,8 @@ def _scan_batch(stage: _Stage, scan: Scan, path: Path, file_idx: int, seq_base: 
             continue
         con.execute(f"CREATE OR REPLACE TEMP TABLE evt AS {stage.sql[name]}")
         for line_no, col, args in con.execute(
-                "SELECT line_no, bad, args FROM evt WHERE bad IS NOT NULL ORDER BY line_no").fetchall():
+                "SELECT line_no, bad, env.args FROM evt JOIN env USING (line_no) WHERE bad IS NOT NULL "
+                "ORDER BY line_no").fetchall():
             if col == "arguments":
                 col, fmt = first_bad_field(ev, args)
                 why = f"{name}: arguments {args[:200]!r} do not match QEMU's format {fmt!r}"

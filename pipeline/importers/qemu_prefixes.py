@@ -100,10 +100,10 @@ def envelope_sql(lines_table: str) -> list[str]:
                                     THEN ltrim(line, ' ' || chr(9)) ELSE line END AS l FROM {lines_table}),
     r AS (SELECT line_no, l, regexp_matches(l, {sql_str(_AT_FORM)}) AS at_form FROM t),
     e AS (SELECT line_no, l, at_form, CASE WHEN at_form THEN substr(l, strpos(l, ':') + 1) ELSE l END AS rest FROM r)
-    SELECT *, split_part(rest, ' ', 1) AS ev FROM e""", f"""
+    SELECT *, regexp_full_match(ev, {sql_str(EVENT_NAME)}) AS is_event FROM (SELECT *, split_part(rest, ' ', 1) AS ev FROM e)""", f"""
     CREATE OR REPLACE TEMP TABLE env AS
     SELECT *, coalesce(tid_bad, false) OR (t_kind IS NOT NULL AND t_ns IS NULL) AS prefix_bad FROM (
-    WITH fast AS (SELECT * FROM cut WHERE regexp_full_match(ev, {sql_str(EVENT_NAME)}))
+    WITH fast AS (SELECT * FROM cut WHERE is_event)
     SELECT line_no, false AS blank, NULL::VARCHAR AS qmp_version, ev AS event,
            substr(rest, length(ev) + 2) AS args,
            CASE WHEN at_form THEN TRY_CAST(substr(l, 1, strpos(l, '@') - 1) AS INTEGER) END AS tid,
@@ -117,7 +117,7 @@ def envelope_sql(lines_table: str) -> list[str]:
            CASE WHEN at_form THEN 'tid@sec.usec' ELSE 'no-prefix' END AS form
     FROM fast
     UNION ALL
-    {_slow_sql(f"(SELECT line_no, l FROM cut WHERE NOT regexp_full_match(ev, {sql_str(EVENT_NAME)}))")})"""]
+    {_slow_sql("(SELECT line_no, l FROM cut WHERE NOT is_event)")})"""]
 
 
 def _slow_sql(rows: str) -> str:
