@@ -34,3 +34,11 @@ def require(condition: bool, reason: str) -> None:
     if ON_CI:
         pytest.fail(f"CI can trace real events, but: {reason}")
     pytest.skip(reason)
+
+
+def require_bcc() -> None:
+    """Skip (fail under CI) a real-event test when bcc's Python module is not importable."""
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "bcc is not importable (make setup-host)")

@@ -5,13 +5,11 @@ Parquet chunks of a real run, a full and a read-only file system), not mocks.
 """
 
 import gzip
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

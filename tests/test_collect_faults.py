@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline.runstore import open_run
-from tests.conftest import require
+from tests.conftest import require, require_bcc
 
 ROOT = Path(__file__).resolve().parent.parent
 BURST = 3000
@@ -31,10 +31,7 @@ time.sleep(600)
 @pytest.fixture(scope="module", autouse=True)
 def _can_collect():
     require(os.geteuid() == 0, "needs root")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        require(False, "bcc is not importable (make setup-host)")
+    require_bcc()
 
 
 def _collect(run: Path, *args: str, **popen) -> subprocess.Popen:

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline.runstore import open_run
-from tests.conftest import require
+from tests.conftest import require, require_bcc
 from tests.qemu_vm import QEMU, QemuVM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,10 +26,7 @@ def copied(tmp_path_factory):
     require(os.geteuid() == 0, "needs root")
     require(Path(QEMU).exists(), f"{QEMU} is not installed")
     require(os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is not usable")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        require(False, "bcc is not importable (make setup-host)")
+    require_bcc()
     work = tmp_path_factory.mktemp("qemu-copy")
     binary = work / "bin" / "qemu-copy"
     binary.parent.mkdir()

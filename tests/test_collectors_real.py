@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.constants import KVM_EXIT_HLT, KVM_EXIT_IO, MAP_SHARED
 from pipeline.runstore import open_run
-from tests.conftest import require
+from tests.conftest import require, require_bcc
 
 ROOT = Path(__file__).resolve().parent.parent
 VMEMTRACE = [sys.executable, "-m", "vmemtrace"]
@@ -28,10 +28,7 @@ VMEMTRACE = [sys.executable, "-m", "vmemtrace"]
 def can_trace():
     require(os.geteuid() == 0, "real-event tests need root")
     require(Path("/sys/kernel/tracing/events/syscalls").is_dir(), "tracefs is not mounted")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        require(False, "bcc is not importable (make setup-host)")
+    require_bcc()
 
 
 def collect(run: Path, workload: str, *args, families=(), extra=()) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import require, require_bcc
 
 pytest_plugins = ["pytester"]
 
@@ -44,10 +44,7 @@ def plugin_env(pytester, monkeypatch):
 def test_findings_fail_the_test_with_the_finding_and_report(plugin_env):
     require(os.geteuid() == 0, "collecting needs root")
     require(Path("/dev/kvm").exists(), "the tiny VMM needs /dev/kvm")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        require(False, "bcc is not importable")
+    require_bcc()
     runs = plugin_env.path / "runs"
     res = plugin_env.runpytest_subprocess("-p", "vmemtrace.pytest_plugin", "--vmemtrace=memslots",
                                           f"--vmemtrace-runs={runs}", "-p", "no:cacheprovider")

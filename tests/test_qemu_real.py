@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.importers.qemu_log import import_qemu_log
 from pipeline.runstore import open_run
-from tests.conftest import require
+from tests.conftest import require, require_bcc
 from tests.qemu_vm import QEMU, QemuVM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,10 +25,7 @@ def traced_qemu(tmp_path_factory):
     require(os.geteuid() == 0, "needs root")
     require(Path(QEMU).exists(), f"{QEMU} is not installed")
     require(os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is not usable")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        require(False, "bcc is not importable (make setup-host)")
+    require_bcc()
     work = tmp_path_factory.mktemp("qemu")
     run = work / "run"
     collector = subprocess.Popen([sys.executable, "-m", "vmemtrace", "collect", "--run", str(run),

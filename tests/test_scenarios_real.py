@@ -14,7 +14,7 @@ import pytest
 from pipeline.importers.qemu_log import import_qemu_log
 from pipeline.runstore import open_run
 from queries.runner import run_detectors
-from tests.conftest import require
+from tests.conftest import require, require_bcc
 from tests.qemu_vm import QEMU
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,10 +25,7 @@ def _scenario(name: str, tmp_path_factory) -> dict:
     require(Path(QEMU).exists(), f"{QEMU} is not installed")
     require(shutil.which("apt-get") is not None and Path("/bin/busybox").exists(),
             "the guest image needs apt-get and busybox-static")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        require(False, "bcc is not importable (make setup-host)")
+    require_bcc()
     work = tmp_path_factory.mktemp(name)
     res = subprocess.run([sys.executable, "-m", "vmemtrace", "collect", "--run", str(work / "run"), "--",
                           sys.executable, "-m", "tests.scenarios", name, str(work / "qemu")],

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline.runstore import open_run
-from tests.conftest import require
+from tests.conftest import require, require_bcc
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = Path(__file__).with_name("usdt_fake_qemu.c")
@@ -28,10 +28,7 @@ def _requirements() -> None:
     require(os.geteuid() == 0, "needs root")
     require(shutil.which("gcc") is not None, "gcc is not installed")
     require(any(Path(p).exists() for p in SDT_H), "sys/sdt.h is missing (apt-get install systemtap-sdt-dev)")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        require(False, "bcc is not importable (make setup-host)")
+    require_bcc()
 
 
 @pytest.fixture(scope="module", params=["-O2", "-O0"], ids=["args-in-registers", "args-on-stack"])
