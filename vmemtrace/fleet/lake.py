@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.runstore import duckdb_literal_path
 from pipeline.schema import FINDING_SCHEMA
 
 TABLES = ("runs", "findings", "detectors", "event_counts")
@@ -93,9 +94,9 @@ def connect(lake: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     for name in TABLES:
         # Listed files, not a glob over the lake path: a lake path with glob characters stays literal.
-        files = sorted(str(p) for p in lake.glob(f"host=*/date=*/run=*/{name}.parquet"))
+        files = sorted(lake.glob(f"host=*/date=*/run=*/{name}.parquet"))
         if files:
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            listing = ", ".join(duckdb_literal_path(f) for f in files)
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}], "
                         f"hive_partitioning = true, hive_types_autocast = false, union_by_name = true)")
         else:
