@@ -95,11 +95,15 @@ WITH inhibit AS (
     WHERE q.ret = 0
       AND t.count > 0 AND NOT t.is_derived
     GROUP BY q.pid, t.event_id
-), while_inhibited AS (
-    SELECT g.*, t.event_id AS state_id, t.count, t.attached, t.is_derived
-    FROM guest_discards g
-    ASOF JOIN timeline t ON g.pid = t.pid AND g.ts_ns >= t.ts_ns
+), inhibited_discards AS (
+    -- The state each discard met, before translating to GPA: only discards made while an
+    -- inhibit or a group was held are translated.
+    SELECT h.*, t.event_id AS state_id, t.count, t.attached, t.is_derived
+    FROM host_discards h
+    ASOF JOIN timeline t ON h.pid = t.pid AND h.ts_ns >= t.ts_ns
     WHERE t.count > 0 OR t.attached > 0
+), while_inhibited AS (
+    FROM guest_discards_of(inhibited_discards)
 ), discard_findings AS (
     SELECT 'discard_while_inhibited' AS kind, 'critical' AS severity, pid, any_value(comm) AS comm,
            min(ts_ns) AS ts_start_ns, max(ts_ns) AS ts_end_ns,

@@ -114,14 +114,25 @@ FROM private_madvise
 UNION ALL SELECT * FROM file_pieces
 UNION ALL SELECT * FROM balloon;
 
--- guest_discards (materialised): host discards of guest RAM, one row per memslot piece, with
--- the GPA they dropped (a discard no address-space-0 memslot backs at that instant is no guest
--- RAM). Columns: those of host_discards, with hva_start/hva_end cut to the piece, and
+-- guest_discards_of(tbl): rows of host_discards (tbl: host_discards or rows of it, with any
+-- extra columns) that are discards of guest RAM, one row per memslot piece, with the GPA they
+-- dropped (a discard no address-space-0 memslot backs at that instant is no guest RAM).
+-- Columns: those of tbl, with hva_start/hva_end cut to the piece, and
 --   gpa_start, gpa_end      the guest-physical range it backs
 --   slot_event_id           the memslot event that opened the translating period
-CREATE OR REPLACE TEMP TABLE guest_discards AS
-SELECT event_id, ts_ns, end_ns, pid, tid, comm, by_pid, source, what,
+-- A macro, so that a detector translates only the discards it reasons about (those while an
+-- inhibit is held, those after a free page report): translating every discard of the run costs
+-- more than the rest of detection.
+CREATE OR REPLACE MACRO guest_discards_of(tbl) AS TABLE
+SELECT * EXCLUDE (hva_start, hva_end, slot_id, slot_flags,
+                  piece_hva_start, piece_hva_end, piece_gpa_start, piece_gpa_end),
        piece_hva_start AS hva_start, piece_hva_end AS hva_end,
-       piece_gpa_start AS gpa_start, piece_gpa_end AS gpa_end, slot_event_id
-FROM hva_to_gpa(host_discards)
+       piece_gpa_start AS gpa_start, piece_gpa_end AS gpa_end
+FROM hva_to_gpa(tbl)
 WHERE slot_event_id IS NOT NULL;
+
+-- guest_discards: every host discard of guest RAM (guest_discards_of(host_discards)).
+CREATE OR REPLACE TEMP VIEW guest_discards AS
+SELECT event_id, ts_ns, end_ns, pid, tid, comm, by_pid, source, what,
+       hva_start, hva_end, gpa_start, gpa_end, slot_event_id
+FROM guest_discards_of(host_discards);
