@@ -87,26 +87,24 @@ WITH ranges AS (
 )
 SELECT min(lo) AS lo, max(hi) AS hi FROM islands GROUP BY island;
 
--- _pinned_buckets (materialised): each of those ranges once per 2 MiB of HVA it touches.
+-- _pinned_buckets (materialised): each of those ranges once per 2 MiB of HVA it touches, and
+-- once more under bucket -1, where rows wider than a bucket look.
 CREATE OR REPLACE MACRO _pin_bucket(a) AS (a >> 21)::BIGINT;
 CREATE OR REPLACE TEMP TABLE _pinned_buckets AS
-SELECT lo, hi, unnest(range(_pin_bucket(lo), _pin_bucket(hi - 1) + 1)) AS bucket FROM _pinned_ranges;
+SELECT lo, hi, unnest(range(_pin_bucket(lo), _pin_bucket(hi - 1) + 1)) AS bucket FROM _pinned_ranges
+UNION ALL
+SELECT lo, hi, -1 FROM _pinned_ranges;
 
 -- ever_pinned(tbl): the rows of tbl (columns hva_start, hva_end) whose range overlaps HVA that
 -- some pin covered at some time (any process; ranges_overlap, so an empty range inside one
 -- counts): a superset of the rows under a live pin of their own process. A row within one
 -- 2 MiB bucket (nearly every discard and invalidation) meets only the ranges of its bucket, by
--- a hash join; the few others meet every range.
+-- a hash join; the few others (bucket -1) meet every range. One pass over tbl.
 CREATE OR REPLACE MACRO ever_pinned(tbl) AS TABLE
-WITH rows AS (
-    SELECT *, hva_end > hva_start AND hva_end <= ((_pin_bucket(hva_start) + 1)::HUGEINT << 21) AS _narrow
-    FROM query_table(tbl)
-)
-SELECT t.* EXCLUDE (_narrow) FROM rows t
+SELECT t.*
+FROM query_table(tbl) t
 SEMI JOIN _pinned_buckets p
-  ON p.bucket = _pin_bucket(t.hva_start) AND ranges_overlap(t.hva_start, t.hva_end, p.lo, p.hi)
-WHERE t._narrow
-UNION ALL
-SELECT t.* EXCLUDE (_narrow) FROM rows t
-SEMI JOIN _pinned_ranges p ON ranges_overlap(t.hva_start, t.hva_end, p.lo, p.hi)
-WHERE NOT t._narrow;
+  ON p.bucket = CASE WHEN t.hva_end > t.hva_start
+                          AND t.hva_end <= ((_pin_bucket(t.hva_start) + 1)::HUGEINT << 21)
+                     THEN _pin_bucket(t.hva_start) ELSE -1 END
+ AND ranges_overlap(t.hva_start, t.hva_end, p.lo, p.hi);
