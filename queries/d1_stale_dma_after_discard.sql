@@ -32,27 +32,26 @@ WITH all_inval AS (
     -- ranges lie inside a mapping): dropping the rest first spares pairing every invalidation
     -- of the run with its discard (in a VM with a few pinned buffers, nearly all of them).
     FROM ever_pinned(all_inval)
-), syscall_discards AS (
+), syscall_discards AS NOT MATERIALIZED (
+    -- Not materialised: read twice (the longest span, the pairing), each time a few columns.
     SELECT event_id, ts_ns, end_ns, by_pid AS pid, tid, hva_start, hva_end
     FROM host_discards WHERE end_ns IS NOT NULL AND hva_start IS NOT NULL
 ), longest AS (
-    -- Per thread, the longest discard syscall: no discard that started longer ago than that
-    -- before an invalidation can still be running at it.
-    SELECT pid, tid, greatest(max(end_ns - ts_ns), 1) AS span FROM syscall_discards GROUP BY pid, tid
-), inval_window AS (
-    -- The two span-wide time buckets the window [ts_ns - span, ts_ns] of each invalidation touches.
-    SELECT i.*, l.span, unnest([i.ts_ns // l.span - 1, i.ts_ns // l.span]) AS bucket
-    FROM inval i JOIN longest l USING (pid, tid)
+    -- The longest discard syscall: no discard that started longer ago than that before an
+    -- invalidation can still be running at it.
+    SELECT greatest(max(end_ns - ts_ns), 1) AS span FROM syscall_discards
 ), latest AS (
     -- Each invalidation's latest discard of its thread at or before it, if that started within
-    -- the thread's longest span before it: found by a hash join on (thread, time bucket), not an
-    -- ASOF join, which sorts every discard of the run for the few invalidations under a pin.
+    -- the longest span before it: a hash join on (thread, span-wide time bucket; the window
+    -- [ts_ns - span, ts_ns] touches two), not an ASOF join, which sorts every discard of the run
+    -- for the few invalidations under a pin.
     SELECT i.event_id AS inval_id, any_value(i.ts_ns) AS ts_ns,
            any_value(i.hva_start) AS hva_start, any_value(i.hva_end) AS hva_end,
            arg_max({'event_id': d.event_id, 'end_ns': d.end_ns, 'hva_start': d.hva_start, 'hva_end': d.hva_end},
                    (d.ts_ns, d.event_id)) AS d
-    FROM inval_window i
-    JOIN (SELECT s.*, s.ts_ns // l.span AS bucket FROM syscall_discards s JOIN longest l USING (pid, tid)) d
+    FROM (SELECT i.*, l.span, unnest([i.ts_ns // l.span - 1, i.ts_ns // l.span]) AS bucket
+          FROM inval i, longest l) i
+    JOIN (SELECT s.*, s.ts_ns // l.span AS bucket FROM syscall_discards s, longest l) d
       ON d.pid = i.pid AND d.tid = i.tid AND d.bucket = i.bucket
      AND d.ts_ns <= i.ts_ns AND d.ts_ns >= i.ts_ns - i.span
     GROUP BY i.event_id
