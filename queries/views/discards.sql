@@ -84,11 +84,13 @@ SELECT raw.*, discard_what(source, advice, fd) AS what FROM raw JOIN best USING 
 CREATE OR REPLACE TEMP TABLE _host_discards AS
 WITH src AS (SELECT * EXCLUDE (what) FROM _discard_sources),
 private_madvise AS (
+    -- An anti join, not NOT EXISTS: DuckDB decorrelated that into a distinct set of every
+    -- discard's (pid, ts_ns, range) before looking at the few shared mappings.
     SELECT s.* FROM src s
+    ANTI JOIN file_mapping_periods m
+      ON m.pid = s.pid AND m.shared AND live_at(s.ts_ns, m.valid_from, m.valid_to)
+     AND m.hva_start <= s.hva_start AND s.hva_end <= m.hva_end
     WHERE s.hva_start IS NOT NULL AND (s.advice IS NULL OR s.advice <> MADV_REMOVE())
-      AND NOT EXISTS (SELECT 1 FROM file_mapping_periods m
-                      WHERE m.pid = s.pid AND m.shared AND live_at(s.ts_ns, m.valid_from, m.valid_to)
-                        AND m.hva_start <= s.hva_start AND s.hva_end <= m.hva_end)
 ), file_ranges AS (
     -- MADV_REMOVE through a shared mapping, or fallocate on an fd: the file range it punched.
     SELECT s.*, m.inode, m.fd AS map_fd,
