@@ -11,8 +11,8 @@ from pipeline.runstore import open_run
 from tests.conftest import background_collector, require_qemu_kvm
 from tests.qemu_vm import QEMU, QemuVM
 
-
 FIELDS = ["as_id", "slot", "flags", "gpa", "size", "hva", "ret"]
+
 
 @pytest.fixture(scope="module")
 def traced_qemu(tmp_path_factory):
