@@ -77,8 +77,12 @@ def import_qemu_log_cmd(
     except (TraceFormatError, RunError) as e:
         fail(str(e))
     clock = res["clock"]
-    residual = "" if clock["residual_ns"] is None else \
-        f", residual {clock['residual_ns']} ns over {clock['matched_events']} events"
+    if clock["residual_ns"] is None:
+        residual = ""
+    elif clock["alignment"] == "host":
+        residual = f" of collector session {clock['from_session']}, drift {clock['residual_ns']} ns while it ran"
+    else:
+        residual = f", residual {clock['residual_ns']} ns over {clock['matched_events']} events"
     out.print(f"imported into {run}: {counts_text(res['written'])}; unknown events {sum(res['unknown'].values())}; "
               f"non-trace lines {res['non_trace']}; bad lines {res['bad']}; clock: {clock['domain']} "
               f"(alignment {clock['alignment']}{residual}); pid: {res['pid'] if res['pid'] is not None else 0} "
