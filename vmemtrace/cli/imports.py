@@ -50,8 +50,10 @@ def import_qemu_log_cmd(
                                                 "give [default: qemu-system].", show_default=False)] = None,
     clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the log's times to get "
                                                         "CLOCK_MONOTONIC [default: aligned on the run's "
-                                                        "kernel-side memslot ioctls, else the log keeps its "
-                                                        "own clock].", show_default=False)] = None,
+                                                        "kernel-side memslot ioctls, else on the clocks a "
+                                                        "collector session of the run recorded when the log "
+                                                        "lies inside it, else the log keeps its own clock].",
+                                                        show_default=False)] = None,
     host: Annotated[Optional[str], typer.Option(help="Host the log was recorded on [default: what syslog or the "
                                                 "journal says, else unknown].", show_default=False)] = None,
     kernel: Annotated[Optional[str], typer.Option(help="Kernel release of that host [default: unknown].",
