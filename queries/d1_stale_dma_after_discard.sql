@@ -33,33 +33,46 @@ WITH all_inval AS (
     -- of the run with its discard (in a VM with a few pinned buffers, nearly all of them).
     FROM ever_pinned(all_inval)
 ), syscall_discards AS NOT MATERIALIZED (
-    -- Not materialised: read twice (the longest span, the pairing), each time a few columns.
+    -- Not materialised: read where needed (the longest span, the pairing), a few columns each time.
     SELECT event_id, ts_ns, end_ns, by_pid AS pid, tid, hva_start, hva_end
     FROM host_discards WHERE end_ns IS NOT NULL AND hva_start IS NOT NULL
 ), longest AS (
-    -- The longest discard syscall: no discard that started longer ago than that before an
-    -- invalidation can still be running at it.
-    SELECT greatest(max(end_ns - ts_ns), 1) AS span FROM syscall_discards
+    -- The longest discard syscall, and the pairing window: as wide, at most 10 ms, so that one
+    -- slow call in a flood of discards does not widen every invalidation's window.
+    SELECT span, least(span, 10000000) AS w
+    FROM (SELECT greatest(max(end_ns - ts_ns), 1) AS span FROM syscall_discards)
 ), latest AS (
-    -- Each invalidation's latest discard of its thread at or before it, if that started within
-    -- the longest span before it: a hash join on (thread, span-wide time bucket; the window
-    -- [ts_ns - span, ts_ns] touches two), not an ASOF join, which sorts every discard of the run
-    -- for the few invalidations under a pin.
+    -- Each invalidation's latest discard of its thread at or before it, when one started within
+    -- the window [ts_ns - w, ts_ns]: a hash join on (thread, w-wide time bucket; the window
+    -- touches two), not an ASOF join, which sorts every discard of the run for the few
+    -- invalidations under a pin.
     SELECT i.event_id AS inval_id, any_value(i.ts_ns) AS ts_ns,
            any_value(i.hva_start) AS hva_start, any_value(i.hva_end) AS hva_end,
            arg_max({'event_id': d.event_id, 'end_ns': d.end_ns, 'hva_start': d.hva_start, 'hva_end': d.hva_end},
                    (d.ts_ns, d.event_id)) AS d
-    FROM (SELECT i.*, l.span, unnest([i.ts_ns // l.span - 1, i.ts_ns // l.span]) AS bucket
+    FROM (SELECT i.*, l.w, unnest([i.ts_ns // l.w - 1, i.ts_ns // l.w]) AS bucket
           FROM inval i, longest l) i
-    JOIN (SELECT s.*, s.ts_ns // l.span AS bucket FROM syscall_discards s, longest l) d
+    JOIN (SELECT s.*, s.ts_ns // l.w AS bucket FROM syscall_discards s, longest l) d
       ON d.pid = i.pid AND d.tid = i.tid AND d.bucket = i.bucket
-     AND d.ts_ns <= i.ts_ns AND d.ts_ns >= i.ts_ns - i.span
+     AND d.ts_ns <= i.ts_ns AND d.ts_ns >= i.ts_ns - i.w
     GROUP BY i.event_id
+), unresolved AS (
+    -- No discard of the thread in the window: the latest one started earlier, and can still be
+    -- running only if some discard lasted longer than the window. Then an ASOF join over the
+    -- discards of those threads finds it (none when no discard is that slow).
+    SELECT i.* FROM inval i, longest l
+    WHERE l.span > l.w AND i.event_id NOT IN (SELECT inval_id FROM latest)
+), latest_slow AS (
+    SELECT i.event_id AS inval_id, i.ts_ns, i.hva_start, i.hva_end,
+           {'event_id': d.event_id, 'end_ns': d.end_ns, 'hva_start': d.hva_start, 'hva_end': d.hva_end} AS d
+    FROM unresolved i
+    ASOF JOIN (SELECT s.* FROM syscall_discards s SEMI JOIN unresolved u ON u.pid = s.pid AND u.tid = s.tid) d
+      ON i.pid = d.pid AND i.tid = d.tid AND i.ts_ns >= d.ts_ns
 ), caused AS MATERIALIZED (
     -- An invalidation raised inside a discard syscall of the same thread is that discard's effect.
     -- A thread is in one syscall at a time: its latest discard at or before the invalidation.
     SELECT inval_id, d.event_id AS discard_id, hva_start, hva_end
-    FROM latest
+    FROM (FROM latest UNION ALL FROM latest_slow)
     WHERE ts_ns <= d.end_ns AND ranges_overlap(hva_start, hva_end, d.hva_start, d.hva_end)
 ), trig AS (
     SELECT event_id, ts_ns, pid, comm, hva_start, hva_end, what, 'discard_over_live_mapping' AS kind
