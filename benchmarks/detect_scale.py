@@ -11,8 +11,8 @@ related links), and each detector alone (its modules, then its query under DuckD
 Prints a table per size (wall time min/median/max, CPU time, peak RSS, rows read, findings, the
 join operators DuckDB ran; a NESTED_LOOP_JOIN or BLOCKWISE_NL_JOIN on event-sized inputs is what
 to look for), the load average around each size, the growth per doubling of events between sizes
-(each detector's modules + query, the whole detect, the scan; linear is 2.0x) and JSON (--json
-FILE to keep it).
+(by wall time - each detector's modules + query, the whole detect, the scan - and by CPU time;
+linear is 2.0x) and JSON (--json FILE to keep it).
 
     .venv/bin/python benchmarks/detect_scale.py [--events 1000000 10000000 100000000]
         [--shape balloon] [--repeats 3 3 1] [--dir /tmp/vmemtrace-scale] [--json out.json]
@@ -258,27 +258,33 @@ def print_table(events: int, shape: str, res: dict) -> None:
 
 
 def growth(runs: dict) -> dict:
-    """Per pair of consecutive sizes, how much each measurement's median wall time grows per
-    doubling of events: (t_big / t_small) ** (1 / log2(n_big / n_small)); linear is 2.0. A
-    detector counts its modules and its query."""
+    """Per pair of consecutive sizes, how much each measurement grows per doubling of events:
+    (t_big / t_small) ** (1 / log2(n_big / n_small)); linear is 2.0. "wall": median wall time (a
+    detector: its modules + its query); "cpu": median CPU time of the whole process (interpreter
+    start included), steadier on a loaded machine."""
     sizes = sorted(runs, key=int)
     out = {}
     for small, big in zip(sizes, sizes[1:]):
         doublings = math.log2(int(big) / int(small))
 
-        def total(r):
+        def wall(r):
             return r["seconds"]["median"] + (r["modules_seconds"]["median"] if "modules_seconds" in r else 0)
+
+        def cpu(r):
+            return r["cpu"]["median"]
         out[f"{small}->{big}"] = {
-            what: (total(runs[big][what]) / total(runs[small][what])) ** (1 / doublings)
-            for what, r in runs[small].items()
-            if isinstance(r, dict) and "seconds" in r and total(r) > 0}
+            name: {what: (f(runs[big][what]) / f(r)) ** (1 / doublings)
+                   for what, r in runs[small].items()
+                   if isinstance(r, dict) and "seconds" in r and f(r) > 0}
+            for name, f in (("wall", wall), ("cpu", cpu))}
     return out
 
 
 def print_growth(growth_: dict) -> None:
-    for pair, per in growth_.items():
+    for pair, kinds in growth_.items():
         print(f"\ngrowth per doubling of events, {pair} (linear = 2.00x; 1.3x worse than linear = 2.60x):")
-        print("  " + "  ".join(f"{what} {g:.2f}x" for what, g in per.items()))
+        for kind, per in kinds.items():
+            print(f"  {kind}: " + "  ".join(f"{what} {g:.2f}x" for what, g in per.items()))
 
 
 def main() -> None:
