@@ -60,13 +60,14 @@ class Collector:
 
 
 def envelope_columns(rec: np.ndarray, source: str, *, with_end: bool = True) -> dict[str, pa.Array]:
+    """The envelope of every record as Arrow columns, copied out of `rec` (which may be ring memory)."""
     n = len(rec)
     cols = {
         "ts_ns": pa.array(rec["ts_ns"].astype(np.int64)),
         "pid": pa.array(rec["pid"].astype(np.int32)),
         "tid": pa.array(rec["tid"].astype(np.int32)),
         "comm": comm_strings(rec["comm"]),
-        "source": pa.repeat(pa.scalar(source), n),
+        "source": constant(source, n),
     }
     if with_end:
         end = rec["end_ns"].astype(np.int64)
@@ -74,20 +75,38 @@ def envelope_columns(rec: np.ndarray, source: str, *, with_end: bool = True) -> 
     return cols
 
 
-def comm_strings(comm: np.ndarray) -> pa.Array:
-    """Thread names (NUL-padded 16-byte fields) as strings, decoding each distinct name once.
+# Strings leave the decoders dictionary-encoded: the run store's gate checks each distinct value
+# once and its chunk writer stores the dictionary as it is, so no row's string is built or hashed.
+
+def comm_strings(comm: np.ndarray) -> pa.DictionaryArray:
+    """Thread names (NUL-padded 16-byte fields) as dictionary-encoded strings, each distinct name decoded once.
 
     Arrow hashes the 16-byte names in one pass (~25 ns a record); np.unique's sort cost ~170."""
     words = np.ascontiguousarray(comm).view(np.uint8)
     enc = pa.FixedSizeBinaryArray.from_buffers(pa.binary(VMT_COMM_SIZE), len(comm),
                                                [None, pa.py_buffer(words)]).dictionary_encode()
     names = [v.split(b"\0", 1)[0].decode("utf-8", "replace") for v in enc.dictionary.to_pylist()]
-    return pa.array(names, pa.string()).take(enc.indices)
+    return _dictionary(enc.indices, names)
 
 
-def labels(values: tuple[str, ...], index: np.ndarray) -> pa.Array:
-    """`values[index]` for a whole array of small integer codes."""
-    return pa.array(values, pa.string()).take(pa.array(index.astype(np.int32)))
+def constant(value: str, n: int) -> pa.DictionaryArray:
+    """`value` n times."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value], pa.string()))
+
+
+def labels(values: tuple[str, ...], index: np.ndarray) -> pa.DictionaryArray:
+    """`values[index]` for a whole array of small integer codes (an index outside `values` raises)."""
+    return _dictionary(pa.array(index.astype(np.int32)), values)
+
+
+def _dictionary(indices: pa.Array, values: list[str] | tuple[str, ...]) -> pa.DictionaryArray:
+    """Strings `values[indices]`; equal values (thread names that differ only after their NUL,
+    an event name listed twice) merged, as Parquet wants each value once in a dictionary."""
+    uniq, first = np.unique(np.array(values, dtype=object), return_inverse=True)
+    if len(uniq) < len(values):
+        indices = pa.array(first.astype(np.int32)).take(indices)
+        values = uniq.tolist()
+    return pa.DictionaryArray.from_arrays(indices, pa.array(values, pa.string()), safe=True)
 
 
 def nullable(arr: np.ndarray, null: np.ndarray) -> pa.Array:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from collectors import program as prog
 from collectors.qemu_tracker import QemuTracker, attached_probes
 from pipeline.runstore import RunError, RunWriter, open_run
@@ -193,6 +195,9 @@ class Collection:
             on_attached(Attached([c.name for c in program.collectors],
                                  sorted({f for c in program.collectors for f in c.families}),
                                  attached, missing, len(program.readers), program.ring_memory, appending_to))
+        for ring, collector, _ in program.readers:
+            # Start-up, like the compile: the first Arrow call imports pandas (~0.5 s of CPU).
+            ring.decode(np.zeros(0, ring.dtype), collector.source_name)
         cpu_at_start = _cpu_seconds()  # after the compile: the figure is the cost of collecting
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         child = None
@@ -288,14 +293,22 @@ class Collection:
     def _drain(self, program: prog.Program, writer: RunWriter) -> None:
         # One read per ring per pass (another only if it came back full): re-reading while the
         # producer refills the ring would turn a flood into many tiny batches.
+        # Decoders copy every column out of the records (tests/test_collector_decoders.py checks),
+        # so the ring's memory goes back to the producer as soon as the batch is decoded.
         for ring, collector, reader in program.readers:
             while True:
-                records = reader.read(max_records=self.chunk_rows)
-                if len(records):
-                    for family, table in ring.decode(records, collector.source_name).items():
+                records, nbytes = reader.peek(max_records=self.chunk_rows)
+                count = len(records)
+                if count:
+                    tables = ring.decode(records, collector.source_name)
+                    del records
+                    reader.release(nbytes)
+                    for family, table in tables.items():
                         writer.write(family, table)
                         self.stats.events[family] = self.stats.events.get(family, 0) + table.num_rows
-                if len(records) < self.chunk_rows:
+                else:
+                    reader.release(nbytes)
+                if count < self.chunk_rows:
                     break
 
     def _account_lost(self, program: prog.Program, writer: RunWriter) -> None:

@@ -3,14 +3,14 @@
 import numpy as np
 import pyarrow as pa
 
-from collectors.base import IOCTL_TRACEPOINTS, Collector, Ring, envelope_columns, record_dtype
+from collectors.base import IOCTL_TRACEPOINTS, Collector, Ring, constant, envelope_columns, record_dtype
 
 DTYPE = record_dtype([("ret", "<i8"), ("vcpu_fd", "<i4"), ("pad", "<u4")])
 
 
 def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
     cols = envelope_columns(rec, source)
-    cols.update(op=pa.repeat(pa.scalar("run"), len(rec)), vcpu_fd=pa.array(rec["vcpu_fd"]),
+    cols.update(op=constant("run", len(rec)), vcpu_fd=pa.array(rec["vcpu_fd"]),
                 ret=pa.array(rec["ret"]))
     return {"vcpu_runs": pa.table(cols)}
 
