@@ -59,18 +59,40 @@ class Collector:
         return f"bpf:{self.name}"
 
 
-def envelope_columns(rec: np.ndarray, source: str, *, with_end: bool = True) -> dict[str, pa.Array]:
-    """The envelope of every record as Arrow columns, copied out of `rec` (which may be ring memory)."""
-    n = len(rec)
+# Records per block in columns(): a block of the widest record (~100 bytes) stays in a core's L2
+# cache while every field is copied out of it.
+BLOCK_RECORDS = 16384
+
+
+def columns(rec: np.ndarray) -> dict[str, np.ndarray]:
+    """Every field of a record array as its own contiguous array (a copy: `rec` may be ring memory).
+
+    Copied block by block: taking one field at a time from a whole batch of ring records (tens of
+    MB) reads the batch from memory once per field, ~95 ns a discards record against ~30."""
+    out = {name: np.empty(len(rec), rec.dtype.fields[name][0]) for name in rec.dtype.names}
+    for start in range(0, len(rec), BLOCK_RECORDS):
+        block = rec[start:start + BLOCK_RECORDS]
+        for name, column in out.items():
+            column[start:start + BLOCK_RECORDS] = block[name]
+    return out
+
+
+def envelope_columns(rec: np.ndarray | dict[str, np.ndarray], source: str, *,
+                     with_end: bool = True) -> dict[str, pa.Array]:
+    """The envelope of every record as Arrow columns, copied out of `rec` (a record array, which
+    may be ring memory, or its columns())."""
+    n = len(rec["ts_ns"])
+    # Same-width views, not astype: pa.array copies a record array's strided fields anyway and
+    # takes columns() as they are (monotonic ns and pids fit the signed types).
     cols = {
-        "ts_ns": pa.array(rec["ts_ns"].astype(np.int64)),
-        "pid": pa.array(rec["pid"].astype(np.int32)),
-        "tid": pa.array(rec["tid"].astype(np.int32)),
+        "ts_ns": pa.array(rec["ts_ns"].view(np.int64)),
+        "pid": pa.array(rec["pid"].view(np.int32)),
+        "tid": pa.array(rec["tid"].view(np.int32)),
         "comm": comm_strings(rec["comm"]),
         "source": constant(source, n),
     }
     if with_end:
-        end = rec["end_ns"].astype(np.int64)
+        end = rec["end_ns"].view(np.int64)
         cols["end_ns"] = pa.array(end, mask=end == 0)
     return cols
 

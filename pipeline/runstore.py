@@ -754,12 +754,9 @@ class RunWriter:
         shutil.rmtree(self._staging)
 
     def _assign_ids(self, family: str, table: pa.Table) -> pa.Table:
+        if table.column("event_id").null_count == table.num_rows:  # collectors give none: no masks
+            return table.set_column(0, table.schema.field("event_id"), pa.array(self._new_ids(table.num_rows)))
         ids = table.column("event_id").combine_chunks()
-        if ids.null_count == len(ids):  # collectors and most importers give none: no masks to build
-            new = np.arange(self._next_id, self._next_id + len(ids), dtype=np.int64)
-            self._generated.append((self._next_id, self._next_id + len(ids)))
-            self._next_id += len(ids)
-            return table.set_column(0, table.schema.field("event_id"), pa.array(new))
         given_mask = pc.is_valid(ids)
         given = ids.filter(given_mask).to_numpy(zero_copy_only=False).astype(np.int64)
         if len(given):
@@ -767,11 +764,18 @@ class RunWriter:
         missing = len(ids) - len(given)
         if missing == 0:
             return table
-        new = np.arange(self._next_id, self._next_id + missing, dtype=np.int64)
-        self._generated.append((self._next_id, self._next_id + missing))
-        self._next_id += missing
-        filled = pc.replace_with_mask(ids, pc.invert(given_mask), pa.array(new, pa.int64()))
+        filled = pc.replace_with_mask(ids, pc.invert(given_mask), pa.array(self._new_ids(missing)))
         return table.set_column(table.schema.get_field_index("event_id"), table.schema.field("event_id"), filled)
+
+    def _new_ids(self, count: int) -> np.ndarray:
+        """The next `count` free ids, recorded as handed out (one range for consecutive writes)."""
+        start = self._next_id
+        if self._generated and self._generated[-1][1] == start:
+            self._generated[-1] = (self._generated[-1][0], start + count)
+        else:
+            self._generated.append((start, start + count))
+        self._next_id += count
+        return np.arange(start, start + count, dtype=np.int64)
 
     def _check_given_ids(self, family: str, ids: pa.Array, given: np.ndarray) -> None:
         def refuse(bad: np.ndarray, why: str):
