@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from collectors import accesses, discards, file_maps, io_uring, kvm, mmu_notifier, vcpu_run, vfio
-from collectors.base import labels
+from collectors.base import comm_strings, labels
 from collectors.program import COLLECTORS
 from pipeline import constants as k
 from pipeline.runstore import conform
@@ -257,6 +257,18 @@ def test_names_equal_after_decoding_share_one_dictionary_value():
     assert got.to_pylist() == ["commit", "hint", "commit", "commit"] and len(got.dictionary) == 2
     with pytest.raises(IndexError):
         labels(("a", "b"), np.array([0, 2]))  # a code outside the names: a bad record, refused
+
+
+@pytest.mark.parametrize("run_length", [1, 3, 1000])
+def test_thread_names_in_runs_and_alone(run_length):
+    """Names are hashed once per run of one name (collectors/base.py comm_strings): rows come out the
+    same as decoding every record by itself, whether names alternate or come in long runs."""
+    rng = np.random.default_rng(run_length)
+    pool = [b"CPU 0/KVM", b"CPU 1/KVM", b"qemu-system-x86", b"", b"\xff\xfebad utf8", b"x" * 16]
+    comm = np.repeat(np.array(pool, "S16")[rng.integers(0, len(pool), 5000 // run_length + 1)], run_length)
+    want = [bytes(c).split(b"\0", 1)[0].decode("utf-8", "replace") for c in comm]
+    assert comm_strings(comm).to_pylist() == want
+    assert comm_strings(comm[:0]).to_pylist() == []
 
 
 @pytest.mark.parametrize("ring", [r for c in COLLECTORS for r in c.rings], ids=lambda r: r.name)
