@@ -192,6 +192,8 @@ def write_chunk(path: Path, table: pa.Table, schema: pa.Schema) -> None:
     # The footer's Arrow schema is the family's: the one pyarrow would store for the plain table
     # (byte for byte), not the dictionary types of the columns handed in. Parquet stores a
     # dictionary-encoded string column the same way whichever it was given.
+    if table.schema.names != schema.names:
+        raise ValueError(f"chunk columns {table.schema.names} are not the family's {schema.names}")
     footer = {b"ARROW:schema": base64.b64encode(schema.serialize()), **(schema.metadata or {})}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
