@@ -237,15 +237,15 @@ def offline_drain(events: int, batch: int, profile: bool) -> dict:
 
 
 def offline(events: int, batch: int, repeats: int, profile: bool) -> dict:
-    """offline_drain in fresh processes, `repeats` times: {trials, summary of ns/event and events/CPU s}."""
+    """offline_drain in fresh processes, `repeats` times: {trials, summary of ns/event and events/CPU s}.
+    With `profile`, one more drain under cProfile first, printed and not counted."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--offline-worker", str(events), str(batch)]
+    if profile:
+        res = subprocess.run(cmd + ["--profile"], cwd=ROOT, capture_output=True, text=True, check=True)
+        print(json.loads(res.stdout)["profile"], file=sys.stderr)
     trials = []
-    for rep in range(repeats):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--offline-worker", str(events), str(batch)]
-        res = subprocess.run(cmd + (["--profile"] if profile and rep == 0 else []), cwd=ROOT,
-                             capture_output=True, text=True, check=True)
-        trial = json.loads(res.stdout)
-        if "profile" in trial:
-            print(trial.pop("profile"), file=sys.stderr)
+    for _ in range(repeats):
+        trial = json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
         print(json.dumps({"offline": trial}), file=sys.stderr, flush=True)
         trials.append(trial)
     stats = lambda key: {"min": min(t[key] for t in trials), "median": statistics.median(t[key] for t in trials),
