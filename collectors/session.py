@@ -264,6 +264,7 @@ class Collection:
             if self.comm and not self.comm_matched:
                 self.comm_matched = self._comm_seen(program)
             attached, missing = self._probes(program, tracker)
+            writer.flush()  # the last rows' Parquet is part of the cost of collecting them
             writer.update_session(collector_cpu_seconds=round(_cpu_seconds() - cpu_at_start, 3),
                                   traced=self._traced(tracker), attached=attached, missing=missing,
                                   **({"qemu_exec_notices_lost": tracker.exec_lost()}
