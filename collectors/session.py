@@ -320,14 +320,13 @@ class Collection:
         # back to the producer as soon as a batch is decoded, before it is stored.
         while True:
             records, nbytes = reader.peek(max_records=self.chunk_rows)
-            count = len(records)
-            tables = ring.decode(records, collector.source_name) if count else {}
+            tables = ring.decode(records, collector.source_name) if len(records) else {}
             del records
             reader.release(nbytes)
             for family, table in tables.items():
                 writer.write(family, table)
                 self.stats.events[family] = self.stats.events.get(family, 0) + table.num_rows
-            if count < self.chunk_rows:
+            if nbytes < self.chunk_rows * reader.stride:  # not a full read (discarded records count)
                 break
 
     def _account_lost(self, program: prog.Program, writer: RunWriter) -> None:
