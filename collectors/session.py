@@ -166,6 +166,10 @@ class Collection:
             raise CollectError(str(e)) from None
         tracker = None
         try:
+            for ring, collector, _ in program.readers:
+                # Start-up, like the compile, and before the run exists (callers wait for its
+                # manifest): the first Arrow call imports pandas (~0.5 s of CPU).
+                ring.decode(np.zeros(0, ring.dtype), collector.source_name)
             if any(c.name == "qemu" for c in program.collectors):
                 tracker = QemuTracker(program.bpf, filtered=self.filtered, say=say)
                 for path in self.qemu_binaries:
@@ -206,9 +210,6 @@ class Collection:
             on_attached(Attached([c.name for c in program.collectors],
                                  sorted({f for c in program.collectors for f in c.families}),
                                  attached, missing, len(program.readers), program.ring_memory, appending_to))
-        for ring, collector, _ in program.readers:
-            # Start-up, like the compile: the first Arrow call imports pandas (~0.5 s of CPU).
-            ring.decode(np.zeros(0, ring.dtype), collector.source_name)
         cpu_at_start = _cpu_seconds()  # after the compile: the figure is the cost of collecting
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         child = None
