@@ -17,9 +17,17 @@ full speed (elapsed time of the burst against `none`), the tool's CPU seconds (i
 minus the workload) and peak RSS plus the kernel buffers it holds. For vmemtrace also the drain
 rate: events per collector CPU second after the compile (decode and Parquet included).
 
+First, the same drain without BPF ("offline"): EVENTS discards records laid out as in a BPF ring
+(a memfd), decoded and stored by the session's own code in a fresh process, --repeats times: CPU
+ns per event and bytes of Parquet per event, steadier than the live figure on a shared machine.
+--profile prints where that CPU time goes (cProfile on CPU time); --offline-batch N publishes N
+records between two drains (the live drain's batch size under a flood, to see per-batch costs).
+
     .venv/bin/python benchmarks/collector_throughput.py [--repeats 3] [--seconds 2]
         [--rates 100000,200000,400000,800000,1600000,3200000] [--burst 3000000]
         [--tools none,vmemtrace,bpftrace,perf,trace-cmd] [--json OUT.json]
+        [--offline 3000000] [--offline-batch 0] [--profile]
+    (--tools "" runs only the offline drain, which needs no root)
 
 Needs root and the host set-up (make setup-host); installs bpftrace / linux-perf / trace-cmd with
 apt-get when one is missing.
@@ -155,6 +163,97 @@ def trial(tool: str, gen: Path, rate: int, count: int, work: Path) -> dict:
     return row
 
 
+def offline_drain(events: int, batch: int, profile: bool) -> dict:
+    """The collector's drain (collectors/session.py) fed from memory: `events` discards records laid
+    out as in a BPF ring buffer (a memfd read by the same RingReader), published `batch` at a time
+    (0: all at once), decoded and stored by the session's own code into a run. CPU time of the
+    process (getrusage) from the first drain to the closed run; the compile and the first Arrow
+    call are start-up, as in `collect`. Runs in a child process of its own (see main)."""
+    import cProfile
+    import io
+    import mmap
+    import pstats
+    import resource
+
+    import numpy as np
+
+    from collectors import discards
+    from collectors.ringbuf import HDR_SIZE, RingReader
+    from collectors.session import Collection
+    from pipeline.runstore import RunWriter
+
+    ring = discards.COLLECTOR.rings[0]
+    stride = (HDR_SIZE + ring.dtype.itemsize + 7) & ~7
+    page = mmap.PAGESIZE
+    data_size = 1 << (events * stride - 1).bit_length()
+    fd = os.memfd_create("ring")
+    os.ftruncate(fd, 2 * page + 2 * data_size)  # the reader maps the data twice, as the kernel does; untouched
+    area = mmap.mmap(fd, 2 * page + data_size)
+    slots = np.frombuffer(area, np.dtype({"names": ["len", "rec"], "formats": ["<u4", ring.dtype],
+                                          "offsets": [0, HDR_SIZE], "itemsize": stride}), events, 2 * page)
+    # What the generator's calls look like: one thread, one page, ~300 ns apart.
+    rec = slots["rec"]
+    rec["ts_ns"] = 10**12 + np.cumsum(np.random.default_rng(1).integers(200, 400, events, dtype=np.uint64))
+    rec["end_ns"] = rec["ts_ns"] + 150
+    rec["pid"] = rec["tid"] = 4242
+    rec["comm"] = b"gen"
+    rec["start"], rec["len"], rec["advice"], rec["fd"] = 0x7F0000000000, 4096, 4, -1
+    slots["len"] = ring.dtype.itemsize
+    producer = np.frombuffer(area, "<u8", 1, page)
+    del slots, rec
+    reader = RingReader(fd, data_size, ring.dtype)
+    work = Path(tempfile.mkdtemp(prefix="vmemtrace-offline-"))
+    collection = Collection(work / "run", families=["discards"])
+    writer = RunWriter(work / "run", source="bpf", kind="collector", chunk_rows=collection.chunk_rows)
+    ring.decode(np.zeros(0, ring.dtype), "bpf:discards")
+
+    def drain():
+        step = batch or events
+        for published in range(step, events + step, step):
+            producer[0] = min(published, events) * stride
+            collection._drain_ring(ring, discards.COLLECTOR, reader, writer)
+        writer.close()
+
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    profiler = cProfile.Profile(time.process_time) if profile else None
+    if profiler:
+        profiler.runcall(drain)
+    else:
+        drain()
+    after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    chunks = list((work / "run" / "discards").glob("*.parquet"))
+    size = sum(c.stat().st_size for c in chunks)
+    out = {"events": collection.stats.events.get("discards", 0), "batch": batch, "cpu_s": cpu, "wall_s": wall,
+           "ns_per_event": cpu / events * 1e9, "events_per_cpu_s": events / cpu, "chunks": len(chunks),
+           "chunk_bytes": size, "chunk_bytes_per_event": size / events, "load_avg": os.getloadavg()[0]}
+    if profiler:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(20)
+        out["profile"] = text.getvalue()
+    reader.close()
+    shutil.rmtree(work)
+    return out  # the ring's memory goes with the process
+
+
+def offline(events: int, batch: int, repeats: int, profile: bool) -> dict:
+    """offline_drain in fresh processes, `repeats` times: {trials, summary of ns/event and events/CPU s}.
+    With `profile`, one more drain under cProfile first, printed and not counted."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--offline-worker", str(events), str(batch)]
+    if profile:
+        res = subprocess.run(cmd + ["--profile"], cwd=ROOT, capture_output=True, text=True, check=True)
+        print(json.loads(res.stdout)["profile"], file=sys.stderr)
+    trials = []
+    for _ in range(repeats):
+        trial = json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+        print(json.dumps({"offline": trial}), file=sys.stderr, flush=True)
+        trials.append(trial)
+    stats = lambda key: {"min": min(t[key] for t in trials), "median": statistics.median(t[key] for t in trials),
+                         "max": max(t[key] for t in trials)}
+    return {"events": events, "batch": batch, "trials": trials, "ns_per_event": stats("ns_per_event"),
+            "events_per_cpu_s": stats("events_per_cpu_s"), "chunk_bytes_per_event": stats("chunk_bytes_per_event")}
+
+
 def summary(rows: list[dict], rates: list[int], tools: list[str]) -> dict:
     def stats(values):
         values = [v for v in values if v is not None]
@@ -213,13 +312,24 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=3_000_000, help="calls of the full-speed run")
     ap.add_argument("--tools", default="none,vmemtrace,bpftrace,perf,trace-cmd")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--offline", type=int, default=3_000_000, metavar="EVENTS",
+                    help="also drain EVENTS records fed from memory (no BPF), --repeats times; 0: skip")
+    ap.add_argument("--offline-batch", type=int, default=0,
+                    help="records the offline producer publishes between two drains (0: all at once)")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile (CPU time) of one offline drain")
+    ap.add_argument("--offline-worker", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.offline_worker:
+        sys.path.insert(0, str(ROOT))
+        print(json.dumps(offline_drain(*args.offline_worker, args.profile)))
+        return
     rates = [int(r) for r in args.rates.split(",")]
-    tools = args.tools.split(",")
+    tools = [t for t in args.tools.split(",") if t]
     for tool in tools:
         if tool in PACKAGES and shutil.which(tool) is None:
             subprocess.run(["apt-get", "install", "-y", "-q", PACKAGES[tool]], check=True,
                            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    drained = offline(args.offline, args.offline_batch, args.repeats, args.profile) if args.offline else None
     work = Path(tempfile.mkdtemp(prefix="vmemtrace-bench-"))
     (work / "gen.c").write_text(GENERATOR_C)
     gen = work / "gen"
@@ -227,8 +337,8 @@ def main() -> None:
 
     rows: list[dict] = []
     traced = [t for t in tools if t != "none"]
-    for rep in range(args.repeats):
-        order = traced[rep % len(traced):] + traced[:rep % len(traced)]  # rotate: no tool always first
+    for rep in range(args.repeats if tools else 0):
+        order = traced[rep % len(traced):] + traced[:rep % len(traced)] if traced else []  # rotated
         for rate in rates + [0]:
             count = args.burst if rate == 0 else int(rate * args.seconds)
             for tool in (["none"] if "none" in tools else []) + order:
@@ -244,7 +354,7 @@ def main() -> None:
                           "load_avg_at_end": os.getloadavg()},
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "settings": {"repeats": args.repeats, "seconds": args.seconds, "rates": rates, "burst": args.burst},
-              "summary": summary(rows, rates, tools), "trials": rows}
+              "summary": summary(rows, rates, tools), "trials": rows, "offline_drain": drained}
     print(f"collector throughput, {result['date']}, {result['machine']['kernel']}, {os.cpu_count()} CPUs, "
           f"load {result['machine']['load_avg_at_end'][0]:.1f}; min/median/max of {args.repeats} repeats")
     head = ["tool", "zero-loss rate/s", "loss % at 2x", "slowdown % at 100k/s", "full speed calls/s",
@@ -267,6 +377,11 @@ def main() -> None:
     if "vmemtrace" in result["summary"] and "drained_events_per_collector_cpu_s" in result["summary"]["vmemtrace"]:
         print("vmemtrace drained events per collector CPU second (decode + Parquet), full speed: "
               + fmt(result["summary"]["vmemtrace"]["drained_events_per_collector_cpu_s"], "{:.0f}"))
+    if drained:
+        print(f"offline drain (the same decode + store fed from memory, {drained['events']} events, batch "
+              f"{drained['batch'] or 'all'}): ns per event {fmt(drained['ns_per_event'], '{:.0f}')}, events per CPU "
+              f"second {fmt(drained['events_per_cpu_s'], '{:.0f}')}, chunk bytes per event "
+              f"{fmt(drained['chunk_bytes_per_event'], '{:.2f}')}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

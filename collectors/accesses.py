@@ -7,7 +7,7 @@ null): rows of this family, but not accesses; detectors tell them apart by via a
 import numpy as np
 import pyarrow as pa
 
-from collectors.base import Collector, Ring, envelope_columns, labels, nullable, record_dtype
+from collectors.base import Collector, Ring, columns, envelope_columns, labels, nullable, record_dtype
 
 # Order matters: accesses.bpf.c stores the index.
 VIA = ("page_fault", "spte_requested", "spte_set", "spte_changed", "dirty_ring_push", "mmio", "userspace_exit",
@@ -20,20 +20,21 @@ DTYPE = record_dtype([("gpa", "<u8"), ("pfn", "<u8"), ("error_code", "<u8"), ("p
 
 
 def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
-    via = rec["via"]
-    write = rec["write"]
-    cols = envelope_columns(rec, source, with_end=False)
+    c = columns(rec)
+    via = c["via"]
+    write = c["write"]
+    cols = envelope_columns(c, source, with_end=False)
     cols.update(
         via=labels(VIA, via),
-        vcpu=nullable(rec["vcpu"], rec["vcpu"] < 0),
-        gpa=nullable(rec["gpa"], rec["gpa"] == NONE64),
+        vcpu=nullable(c["vcpu"], c["vcpu"] < 0),
+        gpa=nullable(c["gpa"], c["gpa"] == NONE64),
         write=nullable(write == 1, write == 2),
-        pfn=nullable(rec["pfn"], rec["pfn"] == NONE64),
-        as_id=nullable(rec["as_id"].astype(np.uint16), rec["as_id"] == 0xFF),
-        slot=nullable((rec["slot"] & 0xFFFF).astype(np.uint16), rec["slot"] == 0xFFFFFFFF),
-        level=nullable(rec["level"], rec["level"] == 0),
-        error_code=nullable(rec["error_code"], (via != 0) & (via != 6)),
-        page_offset=nullable(rec["page_offset"], rec["page_offset"] == NONE64),
+        pfn=nullable(c["pfn"], c["pfn"] == NONE64),
+        as_id=nullable(c["as_id"].astype(np.uint16), c["as_id"] == 0xFF),
+        slot=nullable((c["slot"] & 0xFFFF).astype(np.uint16), c["slot"] == 0xFFFFFFFF),
+        level=nullable(c["level"], c["level"] == 0),
+        error_code=nullable(c["error_code"], (via != 0) & (via != 6)),
+        page_offset=nullable(c["page_offset"], c["page_offset"] == NONE64),
     )
     return {"guest_accesses": pa.table(cols)}
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 
-from collectors.base import Collector, Ring, envelope_columns, labels, nullable, record_dtype
+from collectors.base import Collector, Ring, columns, envelope_columns, labels, nullable, record_dtype
 
 SYSCALLS = ("madvise", "process_madvise", "fallocate")
 FALLOCATE = 2
@@ -13,18 +13,19 @@ DTYPE = record_dtype([("start", "<u8"), ("len", "<u8"), ("ret", "<i8"), ("advice
 
 
 def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
-    sc = rec["syscall"]
+    c = columns(rec)
+    sc = c["syscall"]
     fa = sc == FALLOCATE
-    cols = envelope_columns(rec, source)
+    cols = envelope_columns(c, source)
     cols.update(
         syscall=labels(SYSCALLS, sc),
-        hva_start=nullable(rec["start"], fa),
-        size=pa.array(rec["len"]),
-        advice=nullable(rec["advice"], fa),
-        fd=nullable(rec["fd"], sc == 0),
-        offset=nullable(rec["start"], ~fa),
-        mode=nullable(rec["advice"], ~fa),
-        ret=pa.array(rec["ret"]),
+        hva_start=nullable(c["start"], fa),
+        size=pa.array(c["len"]),
+        advice=nullable(c["advice"], fa),
+        fd=nullable(c["fd"], sc == 0),
+        offset=nullable(c["start"], ~fa),
+        mode=nullable(c["advice"], ~fa),
+        ret=pa.array(c["ret"]),
     )
     return {"discards": pa.table(cols)}
 

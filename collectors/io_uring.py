@@ -9,7 +9,7 @@ pages directly.
 import numpy as np
 import pyarrow as pa
 
-from collectors.base import Collector, Ring, envelope_columns, labels, nullable, record_dtype
+from collectors.base import Collector, Ring, constant, envelope_columns, labels, nullable, record_dtype
 
 NO_INDEX = 0xFFFFFFFF
 
@@ -21,7 +21,7 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
     unmap = rec["unmap"] == 1
     cols = envelope_columns(rec, source)
     cols.update(
-        api=pa.repeat(pa.scalar("io_uring"), len(rec)),
+        api=constant("io_uring", len(rec)),
         op=labels(("map", "unmap"), unmap),
         fd=pa.array(rec["fd"]),
         vaddr=nullable(rec["vaddr"], unmap),

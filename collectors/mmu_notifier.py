@@ -3,16 +3,17 @@
 import numpy as np
 import pyarrow as pa
 
-from collectors.base import Collector, Ring, envelope_columns, labels, nullable, record_dtype
+from collectors.base import Collector, Ring, columns, envelope_columns, labels, nullable, record_dtype
 
 EVENTS = ("unmap_hva_range", "age_hva", "test_age_hva")
 DTYPE = record_dtype([("start", "<u8"), ("end", "<u8"), ("event", "<u4"), ("pad", "<u4")])
 
 
 def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
-    cols = envelope_columns(rec, source, with_end=False)
-    cols.update(event=labels(EVENTS, rec["event"]), hva_start=pa.array(rec["start"]),
-                hva_end=nullable(rec["end"], rec["event"] == 2))
+    c = columns(rec)
+    cols = envelope_columns(c, source, with_end=False)
+    cols.update(event=labels(EVENTS, c["event"]), hva_start=pa.array(c["start"]),
+                hva_end=nullable(c["end"], c["event"] == 2))
     return {"mmu_notifier": pa.table(cols)}
 
 

@@ -3,8 +3,8 @@
 bcc's own consumer calls back into Python once per record, which caps a
 collector at a few hundred thousand events per second. Our rings carry records
 of one fixed size each, so the bytes between the consumer and the producer
-position are a regular array: one numpy view, one copy, one store of the new
-consumer position per batch.
+position are a regular array: one numpy view, decoded in place, then one store
+of the new consumer position per batch.
 
 Layout (kernel/bpf/ringbuf.c): page 0 holds consumer_pos (mapped writable),
 page 1 producer_pos, then the data area, mapped twice in a row so that a record
@@ -44,27 +44,40 @@ class RingReader:
     def pending_bytes(self) -> int:
         return int(self._prod[0]) - int(self._cons[0])
 
-    def read(self, max_records: int | None = None) -> np.ndarray:
-        """Committed records from the consumer position on (a copy), and advance past them."""
+    def peek(self, max_records: int | None = None) -> tuple[np.ndarray, int]:
+        """(committed records from the consumer position on, bytes to release() after them).
+
+        Usually a view of the ring's own memory, with no copy: it stays valid until release(),
+        since the producer never writes past the consumer position. Decode from it, then release.
+        """
         cons = int(self._cons[0])
         avail = int(self._prod[0]) - cons
         n = avail // self.stride
         if max_records is not None:
             n = min(n, max_records)
         if n == 0:
-            return np.empty(0, self.record)
+            return np.empty(0, self.record), 0
         start = cons & self.mask
         slots = self._data[start:start + n * self.stride].view(self.slot)
         flags = slots["hdr_len"] & (BUSY_BIT | DISCARD_BIT)
-        if not flags.any():  # the usual case: every record committed, none discarded; one copy
-            out = slots["rec"].copy()
-        else:
-            busy = (flags & BUSY_BIT) != 0
-            if busy.any():
-                n = int(np.argmax(busy))  # stop at the first record still being written
-                slots, flags = slots[:n], flags[:n]
-            out = slots["rec"][(flags & DISCARD_BIT) == 0]  # boolean indexing copies
-        self._cons[0] = cons + n * self.stride
+        if not flags.any():  # the usual case: every record committed, none discarded
+            return slots["rec"], n * self.stride
+        busy = (flags & BUSY_BIT) != 0
+        if busy.any():
+            n = int(np.argmax(busy))  # stop at the first record still being written
+            slots, flags = slots[:n], flags[:n]
+        return slots["rec"][(flags & DISCARD_BIT) == 0], n * self.stride  # boolean indexing copies
+
+    def release(self, nbytes: int) -> None:
+        """Hand `nbytes` (from peek) back to the producer: records peeked are no longer valid."""
+        if nbytes:
+            self._cons[0] = int(self._cons[0]) + nbytes
+
+    def read(self, max_records: int | None = None) -> np.ndarray:
+        """Committed records from the consumer position on (a copy), and advance past them."""
+        records, nbytes = self.peek(max_records)
+        out = records.copy()
+        self.release(nbytes)
         return out
 
     def close(self) -> None:

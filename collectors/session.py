@@ -1,10 +1,11 @@
 """A collection: load the BPF program, follow the workload, drain rings into the run store.
 
-The manifest is written when the session starts and after every chunk, and buffered rows are
-flushed every FLUSH_SECONDS, so a collector killed with SIGKILL leaves a readable run holding
-what it saw until shortly before, whose session reads as unclean. SIGINT and SIGTERM stop
-collection, drain what the rings hold and close the session cleanly; the probes are then
-released (in a child process, with background_detach, see _hold_probes_until_exit).
+The manifest is written when the session starts and after every chunk, rings are drained at
+least every DRAIN_AGE and buffered rows are flushed every FLUSH_SECONDS, so a collector killed
+with SIGKILL leaves a readable run holding what it saw until shortly before, whose session
+reads as unclean. SIGINT and SIGTERM stop collection, drain what the rings hold and close the
+session cleanly; the probes are then released (in a child process, with background_detach, see
+_hold_probes_until_exit).
 Targets that cannot be traced and runs another process writes are refused before any BPF loads.
 """
 
@@ -22,14 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from collectors import program as prog
+from collectors.base import Collector, Ring
 from collectors.qemu_tracker import QemuTracker, attached_probes
+from collectors.ringbuf import RingReader
 from pipeline.runstore import RunError, RunWriter, open_run
 
 
-# Rings never wake the reader (BPF_RB_NO_WAKEUP): they are drained on this timer instead, so a
+# Rings never wake the reader (BPF_RB_NO_WAKEUP): they are looked at on this timer instead, so a
 # flood costs no wakeup per event. Ring sizes (collectors/*.py) cover a burst between two drains.
 DRAIN_INTERVAL = 0.025
+# A ring is drained once it is this full, or its records have waited DRAIN_AGE. Each drain costs
+# ~2.5 ms of Python and Arrow calls whatever its size: at 25 ms a flood came in batches of a few
+# thousand records and that cost doubled the CPU per event (benchmarks/collector_throughput.py
+# --offline --batch). An eighth of the discards ring is ~160k records; the other seven eighths
+# still take a burst while the collector is not scheduled.
+DRAIN_FILL = 1 / 8
+DRAIN_AGE = 0.25
 
 
 class CollectError(Exception):
@@ -132,6 +144,7 @@ class Collection:
         self.detach_holder: int | None = None
         self._stop = False
         self._lost_seen: dict[str, int] = {}
+        self._drained_at: dict[str, float] = {}  # ring -> monotonic time of its last drain
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -153,6 +166,10 @@ class Collection:
             raise CollectError(str(e)) from None
         tracker = None
         try:
+            for ring, collector, _ in program.readers:
+                # Start-up, like the compile, and before the run exists (callers wait for its
+                # manifest): the first Arrow call imports pandas (~0.5 s of CPU).
+                ring.decode(np.zeros(0, ring.dtype), collector.source_name)
             if any(c.name == "qemu" for c in program.collectors):
                 tracker = QemuTracker(program.bpf, filtered=self.filtered, say=say)
                 for path in self.qemu_binaries:
@@ -243,11 +260,12 @@ class Collection:
                 writer.update_session(workload_status=status)
             if tracker is not None:
                 tracker.poll()
-            self._drain(program, writer)
+            self._drain(program, writer, everything=True)
             self._account_lost(program, writer)
             if self.comm and not self.comm_matched:
                 self.comm_matched = self._comm_seen(program)
             attached, missing = self._probes(program, tracker)
+            writer.flush()  # the last rows' Parquet is part of the cost of collecting them
             writer.update_session(collector_cpu_seconds=round(_cpu_seconds() - cpu_at_start, 3),
                                   traced=self._traced(tracker), attached=attached, missing=missing,
                                   **({"qemu_exec_notices_lost": tracker.exec_lost()}
@@ -285,18 +303,32 @@ class Collection:
 
     # -- draining -----------------------------------------------------------------------------
 
-    def _drain(self, program: prog.Program, writer: RunWriter) -> None:
-        # One read per ring per pass (another only if it came back full): re-reading while the
-        # producer refills the ring would turn a flood into many tiny batches.
+    def _drain(self, program: prog.Program, writer: RunWriter, *, everything: bool = False) -> None:
+        """Decode and store the records of every ring that is DRAIN_FILL full or has held them for
+        DRAIN_AGE (of every ring holding any, if `everything`)."""
+        now = time.monotonic()
         for ring, collector, reader in program.readers:
-            while True:
-                records = reader.read(max_records=self.chunk_rows)
-                if len(records):
-                    for family, table in ring.decode(records, collector.source_name).items():
-                        writer.write(family, table)
-                        self.stats.events[family] = self.stats.events.get(family, 0) + table.num_rows
-                if len(records) < self.chunk_rows:
-                    break
+            pending = reader.pending_bytes()
+            waited = now - self._drained_at.get(ring.name, 0.0)
+            if pending and (everything or pending >= reader.data_size * DRAIN_FILL or waited >= DRAIN_AGE):
+                self._drain_ring(ring, collector, reader, writer)
+                self._drained_at[ring.name] = now
+
+    def _drain_ring(self, ring: Ring, collector: Collector, reader: RingReader, writer: RunWriter) -> None:
+        # One read per pass (another only if it came back full): re-reading while the producer
+        # refills the ring would turn a flood into many tiny batches. Decoders copy every column
+        # out of the records (tests/test_collector_decoders.py checks), so the ring's memory goes
+        # back to the producer as soon as a batch is decoded, before it is stored.
+        while True:
+            records, nbytes = reader.peek(max_records=self.chunk_rows)
+            tables = ring.decode(records, collector.source_name) if len(records) else {}
+            del records
+            reader.release(nbytes)
+            for family, table in tables.items():
+                writer.write(family, table)
+                self.stats.events[family] = self.stats.events.get(family, 0) + table.num_rows
+            if nbytes < self.chunk_rows * reader.stride:  # not a full read (discarded records count)
+                break
 
     def _account_lost(self, program: prog.Program, writer: RunWriter) -> None:
         for ring_name, ring_families, total in program.lost():

@@ -3,15 +3,16 @@
 import numpy as np
 import pyarrow as pa
 
-from collectors.base import IOCTL_TRACEPOINTS, Collector, Ring, envelope_columns, record_dtype
+from collectors.base import IOCTL_TRACEPOINTS, Collector, Ring, columns, constant, envelope_columns, record_dtype
 
 DTYPE = record_dtype([("ret", "<i8"), ("vcpu_fd", "<i4"), ("pad", "<u4")])
 
 
 def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
-    cols = envelope_columns(rec, source)
-    cols.update(op=pa.repeat(pa.scalar("run"), len(rec)), vcpu_fd=pa.array(rec["vcpu_fd"]),
-                ret=pa.array(rec["ret"]))
+    c = columns(rec)
+    cols = envelope_columns(c, source)
+    cols.update(op=constant("run", len(c["ts_ns"])), vcpu_fd=pa.array(c["vcpu_fd"]),
+                ret=pa.array(c["ret"]))
     return {"vcpu_runs": pa.table(cols)}
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 
-from collectors.base import IOCTL_TRACEPOINTS, Collector, Ring, envelope_columns, labels, nullable, record_dtype
+from collectors.base import IOCTL_TRACEPOINTS, Collector, Ring, constant, envelope_columns, labels, nullable, record_dtype
 from pipeline.constants import (IOMMU_IOAS_MAP, IOMMU_IOAS_UNMAP, VFIO_GROUP_SET_CONTAINER,
                                 VFIO_GROUP_UNSET_CONTAINER, VFIO_IOMMU_DIRTY_PAGES,
                                 VFIO_IOMMU_DIRTY_PAGES_FLAG_START, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,
@@ -71,7 +71,7 @@ def decode(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
 def decode_iommu(rec: np.ndarray, source: str) -> dict[str, pa.Table]:
     unmap = rec["op"] == 1
     cols = envelope_columns(rec, source, with_end=False)
-    cols.update(api=pa.repeat(pa.scalar("iommu"), len(rec)), op=labels(("map", "unmap"), rec["op"]),
+    cols.update(api=constant("iommu", len(rec)), op=labels(("map", "unmap"), rec["op"]),
                 iova=pa.array(rec["iova"]), size=pa.array(rec["size"]),
                 paddr=nullable(rec["paddr"], unmap), unmapped=nullable(rec["unmapped"], ~unmap))
     return {"dma": pa.table(cols)}

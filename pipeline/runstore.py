@@ -32,6 +32,7 @@ otherwise the write is refused with a message saying so (leave event_id out to h
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import hashlib
@@ -152,6 +153,56 @@ def write_parquet(path: Path, table: pa.Table) -> None:
             # addresses: high cardinality) doubled the cost of writing a collector's chunk.
             pq.write_table(table, fh, compression="zstd",
                            use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)])
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if _no_space(e):
+            raise DiskFullError(path) from None
+        raise
+
+
+# How chunks are encoded: chosen for the collector's drain, which writes every event it reads
+# (issue 13: 2M events per collector CPU second). A chunk of 262,144 madvise rows: zstd with
+# statistics on every column cost 472 ns of CPU and 5.69 bytes an event; this 149 ns and 3.45.
+# - LZ4_RAW: a quarter of zstd's CPU; with the integer encoding below it compresses as well.
+# - Integers BYTE_STREAM_SPLIT: the bytes of each position grouped, so that the high bytes of
+#   timestamps, addresses and ids (nearly constant) compress to little. It keeps the decoded size
+#   in the footer (queries/runner.py's memory estimate reads it), where DELTA_BINARY_PACKED would
+#   record only the deltas.
+# - Strings dictionary-encoded; columns that arrive dictionary-encoded (collectors) are written as
+#   they are, with no hashing of every row's value.
+# - Min/max statistics on integer columns only: max_event_id() reads event_id's, and DuckDB skips
+#   row groups by ts_ns, addresses and pids. String statistics cost ~15 ns an event per column and
+#   nothing filters chunks by them.
+CHUNK_COMPRESSION = "lz4"  # pyarrow writes Parquet's LZ4_RAW codec for it
+
+
+def _chunk_options(schema: pa.Schema) -> dict[str, Any]:
+    ints = [f.name for f in schema if pa.types.is_integer(f.type)]
+    return {"compression": CHUNK_COMPRESSION, "write_statistics": ints or False,
+            "use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)],
+            "column_encoding": {name: "BYTE_STREAM_SPLIT" for name in ints}}
+
+
+def write_chunk(path: Path, table: pa.Table, schema: pa.Schema) -> None:
+    """A run chunk of `table` (a family's columns, strings plain or dictionary-encoded) stored with the
+    family's `schema`: readers get exactly its types and metadata. By temporary name and rename,
+    mode FILE_MODE; ENOSPC becomes DiskFullError."""
+    # The footer's Arrow schema is the family's: the one pyarrow would store for the plain table
+    # (byte for byte), not the dictionary types of the columns handed in. Parquet stores a
+    # dictionary-encoded string column the same way whichever it was given.
+    if table.schema.names != schema.names:
+        raise ValueError(f"chunk columns {table.schema.names} are not the family's {schema.names}")
+    footer = {b"ARROW:schema": base64.b64encode(schema.serialize()), **(schema.metadata or {})}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            with pq.ParquetWriter(fh, table.schema, store_schema=False, **_chunk_options(schema)) as writer:
+                writer.add_key_value_metadata(footer)
+                # One dictionary per column for the whole chunk: a dictionary that changed between
+                # the batches of a chunk would make Parquet fall back to plain strings.
+                writer.write_table(table.unify_dictionaries())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -556,7 +607,8 @@ class RunWriter:
         violations = check_rows(fam, table)
         if violations:
             raise InvalidRowsError(family, violations)
-        table = self._assign_ids(family, conform(fam, table)).cast(fam.schema)
+        table = self._assign_ids(family, conform(fam, table, keep_dictionaries=True))
+        table = table.cast(_stored_schema(fam, table.schema))
         buf = self._buffers[family]
         buf.tables.append(table)
         buf.rows += table.num_rows
@@ -703,6 +755,8 @@ class RunWriter:
         shutil.rmtree(self._staging)
 
     def _assign_ids(self, family: str, table: pa.Table) -> pa.Table:
+        if table.column("event_id").null_count == table.num_rows:  # collectors give none: no masks
+            return table.set_column(0, table.schema.field("event_id"), pa.array(self._new_ids(table.num_rows)))
         ids = table.column("event_id").combine_chunks()
         given_mask = pc.is_valid(ids)
         given = ids.filter(given_mask).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -711,11 +765,18 @@ class RunWriter:
         missing = len(ids) - len(given)
         if missing == 0:
             return table
-        new = np.arange(self._next_id, self._next_id + missing, dtype=np.int64)
-        self._generated.append((self._next_id, self._next_id + missing))
-        self._next_id += missing
-        filled = pc.replace_with_mask(ids, pc.invert(given_mask), pa.array(new, pa.int64()))
+        filled = pc.replace_with_mask(ids, pc.invert(given_mask), pa.array(self._new_ids(missing)))
         return table.set_column(table.schema.get_field_index("event_id"), table.schema.field("event_id"), filled)
+
+    def _new_ids(self, count: int) -> np.ndarray:
+        """The next `count` free ids, recorded as handed out (one range for consecutive writes)."""
+        start = self._next_id
+        if self._generated and self._generated[-1][1] == start:
+            self._generated[-1] = (self._generated[-1][0], start + count)
+        else:
+            self._generated.append((start, start + count))
+        self._next_id += count
+        return np.arange(start, start + count, dtype=np.int64)
 
     def _check_given_ids(self, family: str, ids: pa.Array, given: np.ndarray) -> None:
         def refuse(bad: np.ndarray, why: str):
@@ -745,6 +806,8 @@ class RunWriter:
     def _flush_family(self, family: str, *, whole_chunks_only: bool = False) -> None:
         """Write the buffered rows as chunks of at most chunk_rows; keep a short tail if asked."""
         buf = self._buffers[family]
+        if len({t.schema for t in buf.tables}) > 1:  # writers mixed plain and dictionary strings
+            buf.tables = [t.cast(FAMILY_BY_NAME[family].schema) for t in buf.tables]
         table = pa.concat_tables(buf.tables)
         n = self.chunk_rows
         cut = (table.num_rows // n) * n if whole_chunks_only else table.num_rows
@@ -768,7 +831,7 @@ class RunWriter:
         folder = (self._staging if self.staged else self.path) / family
         make_dir(folder)
         final = folder / f"part-{self.session_no:04d}-{self._chunk_no:06d}.parquet"
-        write_parquet(final, table)
+        write_chunk(final, table, FAMILY_BY_NAME[family].schema)
         self.session["rows"][family] = self.session["rows"].get(family, 0) + table.num_rows
         if self.staged:
             self._staged_chunks.append((family, final))
@@ -804,20 +867,44 @@ def _table_from_columns(fam: Family, data: dict[str, Any]) -> pa.Table:
     return pa.table(cols)
 
 
-def conform(fam: Family, table: pa.Table) -> pa.Table:
+DICTIONARY_STRING = pa.dictionary(pa.int32(), pa.string())
+
+
+def conform(fam: Family, table: pa.Table, *, keep_dictionaries: bool = False) -> pa.Table:
     """Return a gate-checked `table` with exactly the family's columns, in order and of its types.
 
     Missing nullable columns become nulls; event_id stays nullable until ids are assigned.
+    keep_dictionaries: dictionary-encoded string columns stay so (as DICTIONARY_STRING), for the
+    chunk writer to store without decoding them.
     """
-    schema = fam.schema
-    arrays = []
-    for f in schema:
-        if f.name in table.column_names:
-            arrays.append(table.column(f.name).cast(f.type))
-        else:
+    arrays, fields = [], []
+    for f in fam.schema:
+        if f.name not in table.column_names:
             arrays.append(pa.nulls(table.num_rows, f.type))
-    loose = schema.set(0, schema.field("event_id").with_nullable(True))
-    return pa.Table.from_arrays(arrays, schema=loose)
+            fields.append(f)
+        elif keep_dictionaries and pa.types.is_string(f.type) and _clean_dictionary(table.column(f.name)):
+            arrays.append(table.column(f.name).cast(DICTIONARY_STRING))
+            fields.append(f.with_type(DICTIONARY_STRING))
+        else:
+            arrays.append(table.column(f.name).cast(f.type))
+            fields.append(f)
+    fields[0] = fields[0].with_nullable(True)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=fam.schema.metadata))
+
+
+def _clean_dictionary(col: pa.ChunkedArray) -> bool:
+    """Whether a column is dictionary-encoded with distinct, non-null values in each dictionary:
+    the chunk writer hands dictionaries to Parquet as they are, and Parquet needs them so."""
+    if not pa.types.is_dictionary(col.type):
+        return False
+    return all(c.dictionary.null_count == 0 and len(pc.unique(c.dictionary)) == len(c.dictionary)
+               for c in col.chunks)
+
+
+def _stored_schema(fam: Family, schema: pa.Schema) -> pa.Schema:
+    """The family's schema, with the dictionary-encoded string columns of `schema` kept so."""
+    return pa.schema([f.with_type(DICTIONARY_STRING) if pa.types.is_dictionary(schema.field(f.name).type) else f
+                      for f in fam.schema], metadata=fam.schema.metadata)
 
 
 def _conform_read(fam: Family, table: pa.Table) -> pa.Table:

@@ -322,8 +322,25 @@ def _type_ok(want: pa.DataType, got: pa.DataType) -> bool:
     if pa.types.is_integer(want):
         return pa.types.is_integer(got) or (pa.types.is_decimal(got) and got.scale == 0)
     if pa.types.is_string(want):
+        if pa.types.is_dictionary(got):  # collectors hand in strings dictionary-encoded, as chunks store them
+            got = got.value_type
         return pa.types.is_string(got) or pa.types.is_large_string(got)
     return got == want
+
+
+def _one_array(col: pa.ChunkedArray) -> pa.Array:
+    # combine_chunks() copies even a single chunk: ~0.3 ms per column of a 262,144-row drain batch.
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
+def _dense_if_unusual(col: pa.Array) -> pa.Array:
+    """A dictionary column the checks below can take as it is, or its plain values.
+
+    Index nulls are the column's nulls; a null inside the dictionary is rare (the error path),
+    so such a column is decoded and checked value by value."""
+    if pa.types.is_dictionary(col.type) and col.dictionary.null_count:
+        return col.cast(col.type.value_type)
+    return col
 
 
 @lru_cache(maxsize=None)
@@ -344,7 +361,9 @@ def check_rows(fam: Family, table: pa.Table) -> list[Violation]:
 
     Checked, vectorised per column: unknown and missing required columns, column types, nulls in
     required columns, enum values, integer ranges of the column's type (event_id: 1 and up).
-    event_id may be absent or null (the run store assigns it).
+    event_id may be absent or null (the run store assigns it). String columns may come
+    dictionary-encoded (pa.DictionaryArray of strings): their enum values are checked per
+    distinct value.
     """
     out: list[Violation] = []
     schema = fam.schema
@@ -357,10 +376,11 @@ def check_rows(fam: Family, table: pa.Table) -> list[Violation]:
             if not f.nullable and f.name != "event_id":
                 out.append(Violation(None, f.name, None, f"required column missing from {fam.name}"))
             continue
-        col = table.column(f.name).combine_chunks()
+        col = _one_array(table.column(f.name))
         if not _type_ok(f.type, col.type):
             out.append(Violation(None, f.name, None, f"has type {col.type}, expected {f.type}"))
             continue
+        col = _dense_if_unusual(col)
         if not f.nullable and f.name != "event_id" and col.null_count:
             out += _row_violations(pc.is_null(col), col, f.name, lambda v: "must not be null")
         if pa.types.is_integer(f.type):
@@ -372,7 +392,12 @@ def check_rows(fam: Family, table: pa.Table) -> list[Violation]:
                 out += _row_violations(mask, col, f.name, lambda v, t=f.type, lo=lo, hi=hi:
                                        f"{v} is outside {t} ({lo}..{hi})")
         allowed = field_enum(f)
-        if allowed and not pa.types.is_null(col.type):
+        if allowed and pa.types.is_dictionary(col.type):
+            # The few distinct values checked once each, not every row's copy of them; a value not
+            # allowed (the error path) is then looked for row by row.
+            if not pc.all(pc.is_in(col.dictionary, value_set=_enum_values(allowed))).as_py():
+                col = col.cast(col.type.value_type)
+        if allowed and not pa.types.is_null(col.type) and not pa.types.is_dictionary(col.type):
             # null is the null check's business, not the enum's
             mask = pc.and_(pc.invert(pc.is_in(col, value_set=_enum_values(allowed))), pc.is_valid(col))
             if pc.any(mask).as_py():

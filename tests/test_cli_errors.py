@@ -147,7 +147,7 @@ def _many_discards(path: Path, n: int) -> Path:
 
 
 def test_disk_full_is_a_clear_error(small_mount, tmp_path, cli):
-    trace = _many_discards(tmp_path / "big.jsonl", 8_000)
+    trace = _many_discards(tmp_path / "big.jsonl", 40_000)  # well over 64 KiB of chunks however encoded
     res = cli("import", "jsonl", trace, "--run", small_mount / "run")
     assert res.exit_code == 2
     line = one_error_line(res)

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from collectors import accesses, discards, file_maps, io_uring, kvm, mmu_notifier, vcpu_run, vfio
+from collectors.base import comm_strings, labels
 from collectors.program import COLLECTORS
 from pipeline import constants as k
 from pipeline.runstore import conform
@@ -239,4 +240,43 @@ def test_comm_names_decode_once_per_distinct_name():
     rec["comm"] = [b"CPU 0/KVM", b"qemu-system-x86", b"CPU 0/KVM"]
     table = vcpu_run.decode(rec, SRC)["vcpu_runs"]
     assert table["comm"].to_pylist() == ["CPU 0/KVM", "qemu-system-x86", "CPU 0/KVM"]
-    assert pa.types.is_string(table.schema.field("comm").type)
+    comm = table["comm"].combine_chunks()
+    assert pa.types.is_string(comm.type.value_type) and sorted(comm.dictionary.to_pylist()) == [
+        "CPU 0/KVM", "qemu-system-x86"]
+
+
+def test_names_equal_after_decoding_share_one_dictionary_value():
+    """Parquet stores a dictionary as given: each value must be there once, or rows would read back
+    as the wrong name. Garbage after a thread name's NUL, and an event name listed twice, merge."""
+    rec = records(vcpu_run.DTYPE, [{}, {}, {}])
+    rec["comm"] = [b"CPU 0/KVM", b"CPU 0/KVM\0old", b"qemu"]
+    comm = vcpu_run.decode(rec, SRC)["vcpu_runs"]["comm"].combine_chunks()
+    assert comm.to_pylist() == ["CPU 0/KVM", "CPU 0/KVM", "qemu"]
+    assert sorted(comm.dictionary.to_pylist()) == ["CPU 0/KVM", "qemu"]
+    got = labels(("commit", "hint", "commit"), np.array([2, 1, 0, 2]))
+    assert got.to_pylist() == ["commit", "hint", "commit", "commit"] and len(got.dictionary) == 2
+    with pytest.raises(IndexError):
+        labels(("a", "b"), np.array([0, 2]))  # a code outside the names: a bad record, refused
+
+
+@pytest.mark.parametrize("run_length", [1, 3, 1000])
+def test_thread_names_in_runs_and_alone(run_length):
+    """Names are hashed once per run of one name (collectors/base.py comm_strings): rows come out the
+    same as decoding every record by itself, whether names alternate or come in long runs."""
+    rng = np.random.default_rng(run_length)
+    pool = [b"CPU 0/KVM", b"CPU 1/KVM", b"qemu-system-x86", b"", b"\xff\xfebad utf8", b"x" * 16]
+    comm = np.repeat(np.array(pool, "S16")[rng.integers(0, len(pool), 5000 // run_length + 1)], run_length)
+    want = [bytes(c).split(b"\0", 1)[0].decode("utf-8", "replace") for c in comm]
+    assert comm_strings(comm).to_pylist() == want
+    assert comm_strings(comm[:0]).to_pylist() == []
+
+
+@pytest.mark.parametrize("ring", [r for c in COLLECTORS for r in c.rings], ids=lambda r: r.name)
+def test_decoded_tables_do_not_share_memory_with_the_records(ring):
+    """The drain decodes straight from the ring's memory and hands it back to the producer right
+    after (collectors/session.py): no Arrow column may still point into it."""
+    rec = records(ring.dtype, [{}, {}, {}])
+    before = {family: table.to_pylist() for family, table in ring.decode(rec, SRC).items()}
+    tables = ring.decode(rec, SRC)
+    rec.view(np.uint8)[:] = 0xA5  # the producer writes new records over the old
+    assert {family: table.to_pylist() for family, table in tables.items()} == before
