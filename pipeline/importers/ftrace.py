@@ -311,9 +311,10 @@ def _vcpu_from_comm(comm: pa.Array) -> pa.Array:
         return pa.nulls(len(comm), pa.int32())
     got = pc.extract_regex(comm.filter(is_vcpu), VCPU_COMM)
     n = pc.cast(pc.if_else(got.is_valid(), got.field("n"), pa.scalar(None, pa.string())), pa.int32())
-    out = pa.nulls(len(comm), pa.int32()).to_numpy(zero_copy_only=False).astype(object)
-    out[_mask(is_vcpu)] = n.to_numpy(zero_copy_only=False)
-    return pa.array(out, pa.int32())
+    values, valid = np.zeros(len(comm), np.int32), np.zeros(len(comm), bool)
+    values[_mask(is_vcpu)] = np.asarray(n.fill_null(0))
+    valid[_mask(is_vcpu)] = _mask(n.is_valid())
+    return pa.array(values, pa.int32(), mask=~valid)
 
 
 def _parse_args(p: Parse, b: Batch, what: str, layouts: tuple[Template, ...], sel: np.ndarray,

@@ -25,9 +25,15 @@ EVENT_NAME = re.compile(r"^[\w.-]+$")
 
 
 def item(lists: pa.Array, i: int) -> pa.Array:
-    """Element i of every list, null where a list is shorter or null (list_element would raise)."""
-    whole = pc.coalesce(lists, pa.scalar([], lists.type))
-    return pc.list_slice(whole, i, i + 1, return_fixed_size_list=True).flatten()
+    """Element i of every list, null where a list is shorter or null (list_element would raise):
+    one take from the list values at offset + i, half the cost of slicing and flattening the lists."""
+    width = np.int64 if pa.types.is_large_list(lists.type) else np.int32
+    offsets = np.frombuffer(lists.buffers()[1], width)[lists.offset:lists.offset + len(lists) + 1]
+    at = offsets[:-1] + i
+    missing = at >= offsets[1:]
+    if lists.null_count:
+        missing |= ~np.asarray(lists.is_valid())
+    return lists.values.take(pa.array(at, mask=missing))
 
 
 def _np(mask: pa.Array) -> np.ndarray:

@@ -26,7 +26,6 @@ _HEX = np.full(256, 255, np.uint8)
 _HEX[48:58] = np.arange(10)
 _HEX[65:71] = np.arange(10, 16)
 _HEX[97:103] = np.arange(10, 16)
-_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
 
 
 def _np(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -46,8 +45,12 @@ def parse_hex(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
     offsets = np.frombuffer(padded.buffers()[1], np.int32)[padded.offset:padded.offset + n + 1]
     raw = np.frombuffer(padded.buffers()[2], np.uint8)[offsets[0]:offsets[0] + 16 * n].reshape(n, 16)
     nibbles = _HEX[raw]
-    ok &= (nibbles != 255).all(axis=1)
-    values = np.bitwise_or.reduce(np.where(nibbles == 255, 0, nibbles).astype(np.uint64) << _SHIFTS, axis=1)
+    # a non-hex byte maps to 255: the high half of some byte of the row is set
+    ok &= ~(nibbles.view(np.uint64) & np.uint64(0xF0F0F0F0F0F0F0F0)).any(axis=1)
+    nibbles &= 0x0F
+    octets = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]   # 8 bytes a row, most significant first
+    values = octets.view(">u8").ravel().astype(np.uint64)
+    values[~ok] = 0
     return pa.array(values, pa.uint64()), ok
 
 
