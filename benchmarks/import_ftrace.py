@@ -6,9 +6,10 @@ For each size a trace is generated (the mix of a KVM host trace: exits and entri
 page faults, TDP MMU SPTE changes, MMIO, madvise enter/exit, iommu maps, scheduler events the
 importer only counts). Each repeat runs, interleaved, in fresh processes: (1) DuckDB `read_csv` of
 the file as one VARCHAR column written to Parquet (the baseline), (2) `import_ftrace` into a new
-run. Reported per size: min/median/max seconds, lines/s, the import/baseline ratio of medians, and
-each process's peak RSS (wait4 ru_maxrss). Targets (issue #10): ratio <= 10, >= 1M lines/s on 2
-cores, peak RSS <= 1 GB at 10M lines.
+run. Reported per size: min/median/max seconds, lines/s, the import/baseline ratio of medians,
+each process's CPU seconds (user + system, from wait4: on a shared machine the CPU ratio says what
+the wall ratio cannot), peak RSS (wait4 ru_maxrss) and the 1-minute load average while measuring.
+Targets (issue #10): ratio <= 10, >= 1M lines/s on 2 cores, peak RSS <= 1 GB at 10M lines.
 """
 
 from __future__ import annotations
@@ -79,15 +80,15 @@ import_ftrace([Path(sys.argv[1])], Path(sys.argv[2]), trace_clock="mono")
 """
 
 
-def timed(code: str, *args: str) -> tuple[float, int]:
-    """Seconds and peak RSS (bytes) of `python -c code args` in a fresh process."""
+def timed(code: str, *args: str) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak RSS (bytes) of `python -c code args` in a fresh process."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"benchmark step failed ({status}): {code.strip().splitlines()[-1]}")
-    return elapsed, usage.ru_maxrss * 1024
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
 def main() -> None:
@@ -103,16 +104,19 @@ def main() -> None:
         for n in args.lines:
             trace = work / f"trace-{n}.txt"
             generate(trace, n)
-            base, imp, base_rss, imp_rss = [], [], [], []
+            base, imp, base_cpu, imp_cpu, base_rss, imp_rss, load = [], [], [], [], [], [], []
             for r in range(args.repeats):
+                load.append(os.getloadavg()[0])
                 out = work / f"lines-{r}.parquet"
-                s, rss = timed(BASELINE, str(trace), str(out))
+                s, cpu, rss = timed(BASELINE, str(trace), str(out))
                 base.append(s)
+                base_cpu.append(cpu)
                 base_rss.append(rss)
                 out.unlink()
                 run = work / f"run-{r}"
-                s, rss = timed(IMPORT, str(trace), str(run))
+                s, cpu, rss = timed(IMPORT, str(trace), str(run))
                 imp.append(s)
+                imp_cpu.append(cpu)
                 imp_rss.append(rss)
                 shutil.rmtree(run)
             results.append({
@@ -120,7 +124,11 @@ def main() -> None:
                 "duckdb_raw_lines_s": {"min": min(base), "median": statistics.median(base), "max": max(base)},
                 "import_s": {"min": min(imp), "median": statistics.median(imp), "max": max(imp)},
                 "ratio_median": statistics.median(imp) / statistics.median(base),
+                "cpu_s": {"duckdb": statistics.median(base_cpu), "import": statistics.median(imp_cpu)},
+                "cpu_ratio_median": statistics.median(imp_cpu) / statistics.median(base_cpu),
                 "import_lines_per_s": n / statistics.median(imp),
+                "import_lines_per_cpu_s": n / statistics.median(imp_cpu),
+                "load_avg_1m": {"min": min(load), "max": max(load)},
                 "peak_rss_bytes": {"duckdb": max(base_rss), "import": max(imp_rss)},
             })
             trace.unlink()
@@ -128,12 +136,14 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'lines':>11} {'duckdb s (min/med/max)':>24} {'import s (min/med/max)':>24} {'ratio':>6} "
-          f"{'lines/s':>10} {'RSS MB':>7}")
+          f"{'CPU s duckdb/import':>20} {'CPU ratio':>9} {'lines/s':>10} {'RSS MB':>7} {'load':>9}")
     for r in results:
-        b, i = r["duckdb_raw_lines_s"], r["import_s"]
+        b, i, c, ld = r["duckdb_raw_lines_s"], r["import_s"], r["cpu_s"], r["load_avg_1m"]
         print(f"{r['lines']:>11,} {b['min']:7.2f}/{b['median']:7.2f}/{b['max']:7.2f} "
               f"{i['min']:7.2f}/{i['median']:7.2f}/{i['max']:7.2f} {r['ratio_median']:6.1f} "
-              f"{r['import_lines_per_s']:10,.0f} {r['peak_rss_bytes']['import'] / 2**20:7.0f}")
+              f"{c['duckdb']:9.1f}/{c['import']:9.1f} {r['cpu_ratio_median']:9.1f} "
+              f"{r['import_lines_per_s']:10,.0f} {r['peak_rss_bytes']['import'] / 2**20:7.0f} "
+              f"{ld['min']:4.1f}-{ld['max']:<4.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
