@@ -28,8 +28,10 @@ run only when the whole input has been read, so a rejected import leaves the run
 
 from __future__ import annotations
 
+import queue
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -472,24 +474,63 @@ def _blocks(paths: list[Path], inputs: list[InputFile]) -> Iterator[tuple[Path, 
             yield Path(path), held[0], held[1], 0
 
 
+def _read_ahead(paths: list[Path], inputs: list[InputFile], out: queue.Queue, stop: threading.Event) -> None:
+    """Second thread: read and split every block, hand it over with a future of its cut prefixes, then
+    cut them (Arrow kernels release the GIL); ends with None, or with the exception reading raised."""
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    blocks = _blocks(paths, inputs)
+    try:
+        for block in blocks:
+            cut: Future = Future()
+            if not put((block, cut)):
+                return
+            try:
+                cut.set_result(event_fields(block[1]))
+            except Exception as e:  # raised where the block is parsed, as before
+                cut.set_exception(e)
+        put(None)
+    except Exception as e:
+        put(e)
+    finally:
+        blocks.close()
+
+
 def parse(paths: list[Path], staging: Path, *, skip_bad: bool = False) -> tuple[Parse, list[InputFile]]:
     """Read every file, staging rows under `staging`; raise TraceFormatError on the first bad line
     (unless skip_bad) and when no file holds a single event line.
 
-    The line prefixes of the next block are cut on a second thread (Arrow kernels release the GIL)
-    while this one parses the arguments and pairs the events of the current block."""
+    Reading, line splitting and cutting the line prefixes of the next blocks run on a second thread
+    while this one parses the arguments and pairs the events of the current block. A block is
+    parsed once the next one has been read, so that a read error stops the import first, as it did
+    when both were read here."""
     p = Parse(staging=staging, skip_bad=skip_bad)
     inputs: list[InputFile] = []
     current: Path | None = None
-    with ThreadPoolExecutor(max_workers=1) as ahead:
+    handover: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    ahead = threading.Thread(target=_read_ahead, args=(paths, inputs, handover, stop), daemon=True)
+    ahead.start()
+    try:
         pending = None
-        for block in _blocks(paths, inputs):
-            job = (block, ahead.submit(event_fields, block[1]))
+        while (job := handover.get()) is not None:
+            if isinstance(job, Exception):
+                raise job
             if pending is not None:
                 current = _run_batch(p, *pending, current)
             pending = job
         if pending is not None:
             _run_batch(p, *pending, current)
+    finally:
+        stop.set()
+        ahead.join()
     _syscall_rows(p, p.syscalls.feed([], final=True))
     for s in p.staged.values():
         s.close()
