@@ -10,6 +10,10 @@ run. Reported per size: min/median/max seconds, lines/s, the import/baseline rat
 each process's CPU seconds (user + system, from wait4: on a shared machine the CPU ratio says what
 the wall ratio cannot), peak RSS (wait4 ru_maxrss) and the 1-minute load average while measuring.
 Targets (issue #10): ratio <= 10, >= 1M lines/s on 2 cores, peak RSS <= 1 GB at 10M lines.
+
+With --before TREE (another checkout of the repository, e.g. `git worktree add /tmp/before main`)
+each repeat also imports with that tree's code, interleaved with the rest: a before/after on the
+same machine load.
 """
 
 from __future__ import annotations
@@ -80,10 +84,11 @@ import_ftrace([Path(sys.argv[1])], Path(sys.argv[2]), trace_clock="mono")
 """
 
 
-def timed(code: str, *args: str) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds and peak RSS (bytes) of `python -c code args` in a fresh process."""
+def timed(code: str, *args: str, tree: Path = ROOT) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak RSS (bytes) of `python -c code args` in a fresh process
+    whose imports come from `tree`."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=tree)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if status != 0:
@@ -97,6 +102,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="where to write the generated traces")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--before", type=Path, default=None, help="also import with the code of this tree")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ftrace-", dir=args.dir))
     results = []
@@ -105,6 +111,7 @@ def main() -> None:
             trace = work / f"trace-{n}.txt"
             generate(trace, n)
             base, imp, base_cpu, imp_cpu, base_rss, imp_rss, load = [], [], [], [], [], [], []
+            old, old_cpu, old_rss = [], [], []
             for r in range(args.repeats):
                 load.append(os.getloadavg()[0])
                 out = work / f"lines-{r}.parquet"
@@ -119,6 +126,12 @@ def main() -> None:
                 imp_cpu.append(cpu)
                 imp_rss.append(rss)
                 shutil.rmtree(run)
+                if args.before:
+                    s, cpu, rss = timed(IMPORT, str(trace), str(run), tree=args.before.resolve())
+                    old.append(s)
+                    old_cpu.append(cpu)
+                    old_rss.append(rss)
+                    shutil.rmtree(run)
             results.append({
                 "lines": n, "bytes": trace.stat().st_size, "repeats": args.repeats,
                 "duckdb_raw_lines_s": {"min": min(base), "median": statistics.median(base), "max": max(base)},
@@ -131,6 +144,13 @@ def main() -> None:
                 "load_avg_1m": {"min": min(load), "max": max(load)},
                 "peak_rss_bytes": {"duckdb": max(base_rss), "import": max(imp_rss)},
             })
+            if old:
+                results[-1]["before"] = {
+                    "tree": str(args.before), "import_s": {"min": min(old), "median": statistics.median(old),
+                                                           "max": max(old)},
+                    "cpu_s": statistics.median(old_cpu), "peak_rss_bytes": max(old_rss),
+                    "ratio_median": statistics.median(old) / statistics.median(base),
+                    "cpu_ratio_median": statistics.median(old_cpu) / statistics.median(base_cpu)}
             trace.unlink()
             print(json.dumps(results[-1]), flush=True)  # each size as soon as it is measured
     finally:
@@ -144,6 +164,12 @@ def main() -> None:
               f"{c['duckdb']:9.1f}/{c['import']:9.1f} {r['cpu_ratio_median']:9.1f} "
               f"{r['import_lines_per_s']:10,.0f} {r['peak_rss_bytes']['import'] / 2**20:7.0f} "
               f"{ld['min']:4.1f}-{ld['max']:<4.1f}")
+        if "before" in r:
+            o = r["before"]["import_s"]
+            print(f"{'  before':>11} {'':>24} {o['min']:7.2f}/{o['median']:7.2f}/{o['max']:7.2f} "
+                  f"{r['before']['ratio_median']:6.1f} {c['duckdb']:9.1f}/{r['before']['cpu_s']:9.1f} "
+                  f"{r['before']['cpu_ratio_median']:9.1f} {r['lines'] / o['median']:10,.0f} "
+                  f"{r['before']['peak_rss_bytes'] / 2**20:7.0f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
