@@ -39,6 +39,7 @@ from pipeline.findings_store import load_findings, save_findings
 from pipeline.runstore import RunWriter, open_run
 from pipeline.schema import FINDING_SCHEMA
 from queries.runner import connect, load_detectors
+from reports.headless_chromium import headless_chromium
 from reports.html import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,19 +132,6 @@ def full_scan(run) -> float:
     return time.perf_counter() - t0
 
 
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,2400"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-
-
 def page_load(driver, page: Path) -> float:
     driver.get("about:blank")
     driver.get(page.as_uri())  # returns after the load event
@@ -173,7 +161,7 @@ def main() -> None:
         print(f"built {run_dir} in {time.perf_counter() - t0:.1f} s")
     run = open_run(run_dir)
     events = sum(run.row_counts().values())
-    driver = browser() if shutil.which("chromium") and shutil.which("chromedriver") else None
+    driver = headless_chromium() if shutil.which("chromium") and shutil.which("chromedriver") else None
     times: dict[str, list[float]] = {"full scan": [], "detect": [], "report": [], "page load (Chromium)": []}
     out = run_dir / "report"
     detect_error = None

@@ -1,5 +1,10 @@
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -7,6 +12,7 @@ from typer.testing import CliRunner
 
 from vmemtrace.cli import app
 
+ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 ON_CI = os.environ.get("CI") == "true"
 
@@ -42,3 +48,35 @@ def require_bcc() -> None:
         import bcc  # noqa: F401
     except ImportError:
         require(False, "bcc is not importable (make setup-host)")
+
+
+def require_qemu_kvm(qemu: str) -> None:
+    """Skip (fail under CI) a test that runs a real QEMU under KVM and traces it."""
+    require(os.geteuid() == 0, "needs root")
+    require(Path(qemu).exists(), f"{qemu} is not installed")
+    require(os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is not usable")
+    require_bcc()
+
+
+@contextmanager
+def background_collector(run: Path, comm: str, duration: int, start_timeout: float):
+    """`vmemtrace collect --comm COMM` in the background, entered once its probes are attached (it
+    writes the manifest then) and stopped with SIGINT on leaving. Yields a dict that gets the
+    collector's `stderr`, `returncode` and `stopped_in` (seconds from SIGINT to exit)."""
+    collector = subprocess.Popen([sys.executable, "-m", "vmemtrace", "collect", "--run", str(run),
+                                  "--comm", comm, "--duration", str(duration)],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result: dict = {}
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not (run / "manifest.json").exists():
+            assert collector.poll() is None, collector.stderr.read()
+            assert time.monotonic() < deadline, "collector did not start"
+            time.sleep(0.1)
+        yield result
+    finally:
+        stop = time.monotonic()
+        collector.send_signal(signal.SIGINT)
+        _, result["stderr"] = collector.communicate(timeout=120)
+        result["stopped_in"] = time.monotonic() - stop
+        result["returncode"] = collector.returncode

@@ -4,58 +4,36 @@ another inode), and the manifest names it, not /usr/bin's."""
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import duckdb
 import pyarrow.compute as pc
 import pytest
 
 from pipeline.runstore import open_run
-from tests.conftest import require, require_bcc
+from tests.conftest import background_collector, require_qemu_kvm
 from tests.qemu_vm import QEMU, QemuVM
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def copied(tmp_path_factory):
-    require(os.geteuid() == 0, "needs root")
-    require(Path(QEMU).exists(), f"{QEMU} is not installed")
-    require(os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is not usable")
-    require_bcc()
+    require_qemu_kvm(QEMU)
     work = tmp_path_factory.mktemp("qemu-copy")
     binary = work / "bin" / "qemu-copy"
     binary.parent.mkdir()
     shutil.copy2(QEMU, binary)
     run = work / "run"
-    collector = subprocess.Popen([sys.executable, "-m", "vmemtrace", "collect", "--run", str(run),
-                                  "--comm", "qemu-copy", "--duration", "300"],
-                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "manifest.json").exists():  # written once the probes are attached
-            assert collector.poll() is None, collector.stderr.read()
-            assert time.monotonic() < deadline, "collector did not start"
-            time.sleep(0.1)
+    with background_collector(run, "qemu-copy", 300, start_timeout=120) as collector:
         # Debian's firmware path is relative to the binary (relocatable build): -L gives it back.
         with QemuVM(work, binary=str(binary), extra=("-L", "/usr/share/qemu", "-L", "/usr/share/seabios")) as vm:
             pid = vm.proc.pid
             time.sleep(1.0)
             migration = vm.migrate_to_null()
         time.sleep(0.5)
-    finally:
-        stop = time.monotonic()
-        collector.send_signal(signal.SIGINT)
-        _, err = collector.communicate(timeout=120)
-        stopped_in = time.monotonic() - stop
-    assert collector.returncode == 0, err
-    print(f"collector stopped {stopped_in:.2f} s after SIGINT")  # figure for the README, not asserted
+    err = collector["stderr"]
+    assert collector["returncode"] == 0, err
+    print(f"collector stopped {collector['stopped_in']:.2f} s after SIGINT")  # figure for the README, not asserted
     return {"run": open_run(run), "binary": str(binary), "pid": pid, "migration": migration, "stderr": err}
-
 
 def test_the_copy_is_the_traced_binary(copied):
     session = copied["run"].manifest["sessions"][-1]
@@ -69,7 +47,6 @@ def test_the_copy_is_the_traced_binary(copied):
     assert not any(QEMU in a for a in session["attached"])
     assert f"QEMU {copied['binary']} (7.2" in copied["stderr"]
 
-
 def test_migration_seen_through_the_copy(copied):
     q = copied["run"].read_family("qemu")
     q = q.filter(pc.equal(q["pid"], copied["pid"])).sort_by("ts_ns").to_pylist()
@@ -78,7 +55,6 @@ def test_migration_seen_through_the_copy(copied):
     assert events.index("dirty_log_start") < events.index("dirty_log_stop")
     notify = [r["detail"] for r in q if r["event"] == "precopy_notify"]
     assert notify[0] == "setup" and notify[-1] == "cleanup"
-
 
 def test_memslot_updates_fall_inside_memory_transaction_commits(copied):
     """Transaction boundaries: each memslot ioctl of the copy is issued inside an outermost

@@ -1,53 +1,32 @@
 """A real QEMU under KVM, traced by `vmemtrace collect --comm qemu-system` while it starts and
 migrates to `exec:cat > /dev/null`, with QEMU's own trace log as the independent record."""
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
 
 from pipeline.importers.qemu_log import import_qemu_log
 from pipeline.runstore import open_run
-from tests.conftest import require, require_bcc
+from tests.conftest import background_collector, require_qemu_kvm
 from tests.qemu_vm import QEMU, QemuVM
 
-ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ["as_id", "slot", "flags", "gpa", "size", "hva", "ret"]
 
 
 @pytest.fixture(scope="module")
 def traced_qemu(tmp_path_factory):
-    require(os.geteuid() == 0, "needs root")
-    require(Path(QEMU).exists(), f"{QEMU} is not installed")
-    require(os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is not usable")
-    require_bcc()
+    require_qemu_kvm(QEMU)
     work = tmp_path_factory.mktemp("qemu")
     run = work / "run"
-    collector = subprocess.Popen([sys.executable, "-m", "vmemtrace", "collect", "--run", str(run),
-                                  "--comm", "qemu-system", "--duration", "120"],
-                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (run / "manifest.json").exists():  # written once the probes are attached
-            assert collector.poll() is None, collector.stderr.read()
-            assert time.monotonic() < deadline, "collector did not start"
-            time.sleep(0.1)
+    with background_collector(run, "qemu-system", 120, start_timeout=60) as collector:
         with QemuVM(work) as vm:
             qemu_pid = vm.proc.pid
             time.sleep(0.5)
             migration = vm.migrate_to_null()
         time.sleep(0.5)
-    finally:
-        collector.send_signal(signal.SIGINT)
-        _, err = collector.communicate(timeout=60)
-    assert collector.returncode == 0, err
+    assert collector["returncode"] == 0, collector["stderr"]
     return {"run": run, "log": work / "qemu-trace.log", "pid": qemu_pid, "migration": migration, "work": work}
-
 
 def test_memslots_match_qemu_log_line_by_line(traced_qemu):
     run = open_run(traced_qemu["run"])
@@ -61,7 +40,6 @@ def test_memslots_match_qemu_log_line_by_line(traced_qemu):
     assert pc.all(pc.equal(qlog["pid"], traced_qemu["pid"])).as_py()  # pid inferred from thread ids
     # Migration turns dirty logging on for guest RAM and off again.
     assert any(f & 1 for f in kernel["flags"].to_pylist())
-
 
 def test_qemu_log_aligns_on_the_same_ioctls(traced_qemu, tmp_path):
     import shutil
@@ -78,7 +56,6 @@ def test_qemu_log_aligns_on_the_same_ioctls(traced_qemu, tmp_path):
     assert session["memslots_already_in_run"] == a.matched
     assert "memslots" not in session["rows"]
 
-
 def test_uprobes_see_migration_and_dirty_logging(traced_qemu):
     run = open_run(traced_qemu["run"])
     attached = run.manifest["sessions"][0]["attached"]
@@ -93,14 +70,12 @@ def test_uprobes_see_migration_and_dirty_logging(traced_qemu):
     assert notify[0] == "setup" and notify[-1] == "cleanup" and "complete" in notify
     assert traced_qemu["migration"]["status"] == "completed"
 
-
 def test_mmu_notifier_and_discards_from_qemu(traced_qemu):
     run = open_run(traced_qemu["run"])
     inval = run.read_family("mmu_notifier")
     assert pc.sum(pc.equal(inval["pid"], traced_qemu["pid"])).as_py() > 0
     for r in inval.filter(pc.equal(inval["event"], "unmap_hva_range")).to_pylist():
         assert r["hva_start"] < r["hva_end"]
-
 
 def test_detectors_on_a_correct_qemu_72(traced_qemu, tmp_path):
     """QEMU 7.2 predates atomic memslot updates: D4 reports its real windows, classified by the

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from reports.headless_chromium import headless_chromium
 from tests.conftest import FIXTURES, require, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,17 +97,7 @@ def test_comparison_of_two_runs(tmp_path, cli):
 def browser():
     require(shutil.which("chromium") is not None, "chromium is not installed (make setup-host)")
     require(shutil.which("chromedriver") is not None, "chromedriver is not installed (make setup-host)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,2400"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver = headless_chromium(browser_log=True)
     yield driver
     driver.quit()
 
