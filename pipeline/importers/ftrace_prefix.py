@@ -58,9 +58,12 @@ def _fast(lines: pa.Array) -> tuple[np.ndarray, dict[str, pa.Array]]:
     r = pc.split_pattern(right, "]", max_splits=1)
     cpu, flags = item(r, 0), pc.utf8_trim_whitespace(item(r, 1))
     has_tgid = pc.ends_with(left, ")")
-    g = pc.split_pattern(left, "(", max_splits=1, reverse=True)
-    tgid = pc.if_else(has_tgid, pc.utf8_trim_whitespace(pc.utf8_rtrim(item(g, 1), ")")), "")
-    left = pc.if_else(has_tgid, pc.utf8_rtrim_whitespace(item(g, 0)), left)
+    if _np(has_tgid).any():
+        g = pc.split_pattern(left, "(", max_splits=1, reverse=True)
+        tgid = pc.if_else(has_tgid, pc.utf8_trim_whitespace(pc.utf8_rtrim(item(g, 1), ")")), "")
+        left = pc.if_else(has_tgid, pc.utf8_rtrim_whitespace(item(g, 0)), left)
+    else:   # no TGID column in the block (a null left fails the checks below either way)
+        tgid = pa.nulls(len(lines), pa.string()).fill_null("")
     d = pc.split_pattern(left, "-", max_splits=1, reverse=True)
     comm, tid = pc.utf8_ltrim_whitespace(item(d, 0)), item(d, 1)
 
