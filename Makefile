@@ -7,7 +7,8 @@ DEMO   ?= build/demo
 REAL   := tests/fixtures/real
 QEMU   := /usr/bin/qemu-system-x86_64
 
-.PHONY: setup setup-host demo test bench record-real clean
+.PHONY: setup setup-host demo test bench bench-collector bench-import-qemu-log bench-import-ftrace bench-detect bench-report bench-fleet \
+        bench-write-gate record-real clean
 
 setup: $(VENV)/.installed
 
@@ -44,8 +45,30 @@ demo: setup
 test: setup-host
 	$(BIN)/python -m pytest
 
-bench: setup-host
-	$(BIN)/python benchmarks/collector_throughput.py
+# Benchmarks (BENCHMARKS.md): each one command from a clean checkout, its comparison in one go;
+# pass a script's own options with ARGS="...". `make bench` runs them all (hours at the defaults).
+bench: bench-collector bench-import-qemu-log bench-import-ftrace bench-detect bench-report bench-fleet bench-write-gate
+
+bench-collector: setup-host   # root: vmemtrace, bpftrace, perf record, trace-cmd on one workload
+	$(BIN)/python benchmarks/collector_throughput.py $(ARGS)
+
+bench-import-qemu-log: setup
+	$(BIN)/python benchmarks/import_qemu_log.py $(ARGS)
+
+bench-import-ftrace: setup
+	$(BIN)/python -m benchmarks.import_ftrace $(ARGS)
+
+bench-detect: setup
+	$(BIN)/python benchmarks/detect_scale.py $(ARGS)
+
+bench-report: setup-host      # Chromium opens the page
+	$(BIN)/python benchmarks/report_scale.py $(ARGS)
+
+bench-fleet: setup
+	$(BIN)/python benchmarks/fleet_detect.py $(ARGS)
+
+bench-write-gate: setup
+	$(BIN)/python benchmarks/write_gate.py $(ARGS)
 
 # Re-record the bundled real runs (root, bcc, QEMU): eBPF collectors plus QEMU's own trace log.
 record-real: setup-host

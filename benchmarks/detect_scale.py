@@ -10,16 +10,21 @@ every family read once, in DuckDB), the whole `detect` (run_detectors: modules, 
 related links), and each detector alone (its modules, then its query under DuckDB's profiler).
 Prints a table per size (wall time min/median/max, CPU time, peak RSS, rows read, findings, the
 join operators DuckDB ran; a NESTED_LOOP_JOIN or BLOCKWISE_NL_JOIN on event-sized inputs is what
-to look for) and JSON (--json FILE to keep it).
+to look for), the load average around each size, the growth per doubling of events between sizes
+(each detector's modules + query, the whole detect, the scan; linear is 2.0x) and JSON (--json
+FILE to keep it).
 
-    .venv/bin/python benchmarks/detect_scale.py [--events 1000000 10000000] [--shape balloon]
-        [--repeats 3] [--dir /tmp/vmemtrace-scale] [--json out.json]
+    .venv/bin/python benchmarks/detect_scale.py [--events 1000000 10000000 100000000]
+        [--shape balloon] [--repeats 3 3 1] [--dir /tmp/vmemtrace-scale] [--json out.json]
+
+--repeats takes one count for every size or one per size (a 100M round takes minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -241,21 +246,47 @@ def print_table(events: int, shape: str, res: dict) -> None:
     print(f"{'what':<8} {'seconds':>22} {'modules s':>10} {'CPU s':>7} {'peak MiB':>9} {'rows read':>12} "
           f"{'findings':>9}  joins")
     for what, r in res.items():
-        if not isinstance(r, dict):
+        if not isinstance(r, dict) or "seconds" not in r:
             continue
         s = r["seconds"]
         mod = f"{r['modules_seconds']['median']:.2f}" if "modules_seconds" in r else ""
         print(f"{what:<8} {s['median']:>8.2f} [{s['min']:.2f}-{s['max']:.2f}] {mod:>10} "
               f"{r['cpu']['median']:>7.2f} {r['peak_mib']['median']:>9.0f} {r.get('rows_read', ''):>12} "
               f"{r.get('findings', ''):>9}  {', '.join(j.replace('_JOIN', '') for j in r.get('joins', []))}")
-    print(f"detect / full scan: {res['ratio_detect_to_scan']:.1f}x")
+    print(f"detect / full scan: {res['ratio_detect_to_scan']:.1f}x; {res['repeats']} round(s); load average "
+          f"{res['load_average']['before'][0]:.1f} before, {res['load_average']['after'][0]:.1f} after")
+
+
+def growth(runs: dict) -> dict:
+    """Per pair of consecutive sizes, how much each measurement's median wall time grows per
+    doubling of events: (t_big / t_small) ** (1 / log2(n_big / n_small)); linear is 2.0. A
+    detector counts its modules and its query."""
+    sizes = sorted(runs, key=int)
+    out = {}
+    for small, big in zip(sizes, sizes[1:]):
+        doublings = math.log2(int(big) / int(small))
+
+        def total(r):
+            return r["seconds"]["median"] + (r["modules_seconds"]["median"] if "modules_seconds" in r else 0)
+        out[f"{small}->{big}"] = {
+            what: (total(runs[big][what]) / total(runs[small][what])) ** (1 / doublings)
+            for what, r in runs[small].items()
+            if isinstance(r, dict) and "seconds" in r and total(r) > 0}
+    return out
+
+
+def print_growth(growth_: dict) -> None:
+    for pair, per in growth_.items():
+        print(f"\ngrowth per doubling of events, {pair} (linear = 2.00x; 1.3x worse than linear = 2.60x):")
+        print("  " + "  ".join(f"{what} {g:.2f}x" for what, g in per.items()))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--shape", choices=["mixed", "balloon"], default="mixed")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, nargs="+", default=[3],
+                    help="rounds per size: one count for all sizes, or one per --events size")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/vmemtrace-scale"))
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -268,7 +299,10 @@ def main() -> None:
     results = {"machine": f"{platform.node()} {os.cpu_count()} cores "
                           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30} GiB",
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "duckdb": duckdb.__version__,
-               "shape": args.shape, "repeats": args.repeats, "memory_settings": memory_settings(), "runs": {}}
+               "shape": args.shape, "memory_settings": memory_settings(), "runs": {}}
+    if len(args.repeats) not in (1, len(args.events)):
+        ap.error("--repeats takes one count, or one per --events size")
+    repeats = dict(zip(args.events, args.repeats * len(args.events) if len(args.repeats) == 1 else args.repeats))
     for events in args.events:
         run = args.dir / f"{args.shape}-{events}"
         if args.rebuild and run.exists():
@@ -279,9 +313,13 @@ def main() -> None:
             print(f"built {run} in {time.perf_counter() - t0:.1f} s")
         counts = open_run(run).row_counts()
         print(f"events: {sum(counts.values()):,} ({', '.join(f'{k} {v:,}' for k, v in counts.items() if v)})")
-        res = bench(run, args.repeats)
+        load_before = os.getloadavg()
+        res = bench(run, repeats[events])
+        res.update(repeats=repeats[events], load_average={"before": load_before, "after": os.getloadavg()})
         results["runs"][str(events)] = res
         print_table(events, args.shape, res)
+    results["growth_per_doubling"] = growth(results["runs"])
+    print_growth(results["growth_per_doubling"])
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

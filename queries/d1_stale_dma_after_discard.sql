@@ -23,20 +23,44 @@
 --   Evidence: the map, the discards or invalidations, the MMU-notifier invalidations the discards
 --   themselves raised, and for `critical` the iommu:map and the access. GPA comes from the
 --   address-space-0 memslot live at the discard; NULL when no memslot backs the HVA.
-WITH inval AS (
+WITH all_inval AS (
     SELECT event_id, ts_ns, pid, tid, comm, hva_start, hva_end
     FROM mmu_notifier
     WHERE event = 'unmap_hva_range'
-), syscall_discards AS (
-    SELECT DISTINCT event_id, ts_ns, end_ns, by_pid AS pid, tid, hva_start, hva_end
+), inval AS MATERIALIZED (
+    -- Only invalidations over HVA some pin ever covered can be findings or evidence (evidence
+    -- ranges lie inside a mapping): dropping the rest first spares pairing every invalidation
+    -- of the run with its discard (in a VM with a few pinned buffers, nearly all of them).
+    FROM ever_pinned(all_inval)
+), syscall_discards AS NOT MATERIALIZED (
+    -- Not materialised: read twice (the longest span, the pairing), each time a few columns.
+    SELECT event_id, ts_ns, end_ns, by_pid AS pid, tid, hva_start, hva_end
     FROM host_discards WHERE end_ns IS NOT NULL AND hva_start IS NOT NULL
+), longest AS (
+    -- The longest discard syscall: no discard that started longer ago than that before an
+    -- invalidation can still be running at it.
+    SELECT greatest(max(end_ns - ts_ns), 1) AS span FROM syscall_discards
+), latest AS (
+    -- Each invalidation's latest discard of its thread at or before it, if that started within
+    -- the longest span before it: a hash join on (thread, span-wide time bucket; the window
+    -- [ts_ns - span, ts_ns] touches two), not an ASOF join, which sorts every discard of the run
+    -- for the few invalidations under a pin.
+    SELECT i.event_id AS inval_id, any_value(i.ts_ns) AS ts_ns,
+           any_value(i.hva_start) AS hva_start, any_value(i.hva_end) AS hva_end,
+           arg_max({'event_id': d.event_id, 'end_ns': d.end_ns, 'hva_start': d.hva_start, 'hva_end': d.hva_end},
+                   (d.ts_ns, d.event_id)) AS d
+    FROM (SELECT i.*, l.span, unnest([i.ts_ns // l.span - 1, i.ts_ns // l.span]) AS bucket
+          FROM inval i, longest l) i
+    JOIN (SELECT s.*, s.ts_ns // l.span AS bucket FROM syscall_discards s, longest l) d
+      ON d.pid = i.pid AND d.tid = i.tid AND d.bucket = i.bucket
+     AND d.ts_ns <= i.ts_ns AND d.ts_ns >= i.ts_ns - i.span
+    GROUP BY i.event_id
 ), caused AS MATERIALIZED (
     -- An invalidation raised inside a discard syscall of the same thread is that discard's effect.
     -- A thread is in one syscall at a time: its latest discard at or before the invalidation.
-    SELECT i.event_id AS inval_id, d.event_id AS discard_id, i.hva_start, i.hva_end
-    FROM inval i
-    ASOF JOIN syscall_discards d ON i.pid = d.pid AND i.tid = d.tid AND i.ts_ns >= d.ts_ns
-    WHERE i.ts_ns <= d.end_ns AND ranges_overlap(i.hva_start, i.hva_end, d.hva_start, d.hva_end)
+    SELECT inval_id, d.event_id AS discard_id, hva_start, hva_end
+    FROM latest
+    WHERE ts_ns <= d.end_ns AND ranges_overlap(hva_start, hva_end, d.hva_start, d.hva_end)
 ), trig AS (
     SELECT event_id, ts_ns, pid, comm, hva_start, hva_end, what, 'discard_over_live_mapping' AS kind
     FROM host_discards

@@ -95,11 +95,18 @@ WITH inhibit AS (
     WHERE q.ret = 0
       AND t.count > 0 AND NOT t.is_derived
     GROUP BY q.pid, t.event_id
-), while_inhibited AS (
-    SELECT g.*, t.event_id AS state_id, t.count, t.attached, t.is_derived
-    FROM guest_discards g
-    ASOF JOIN timeline t ON g.pid = t.pid AND g.ts_ns >= t.ts_ns
+), held_since AS (
+    SELECT pid, min(ts_ns) AS first_ns FROM timeline WHERE count > 0 OR attached > 0 GROUP BY pid
+), inhibited_discards AS (
+    -- The state each discard met, before translating to GPA: only discards made while an
+    -- inhibit or a group was held are translated. Discards before any was held are dropped by
+    -- a hash join first: the ASOF join sorts all it is given, even for no state at all.
+    SELECT h.*, t.event_id AS state_id, t.count, t.attached, t.is_derived
+    FROM (SELECT h.* FROM host_discards h JOIN held_since s ON s.pid = h.pid AND h.ts_ns >= s.first_ns) h
+    ASOF JOIN timeline t ON h.pid = t.pid AND h.ts_ns >= t.ts_ns
     WHERE t.count > 0 OR t.attached > 0
+), while_inhibited AS (
+    FROM guest_discards_of(inhibited_discards)
 ), discard_findings AS (
     SELECT 'discard_while_inhibited' AS kind, 'critical' AS severity, pid, any_value(comm) AS comm,
            min(ts_ns) AS ts_start_ns, max(ts_ns) AS ts_end_ns,

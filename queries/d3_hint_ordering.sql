@@ -58,10 +58,15 @@ WITH hint_rounds AS (
                   comm, pid, gpa_start, gpa_end, slot) AS message
     FROM hint_rounds
     WHERE flags IS NOT NULL AND NOT has_flag(flags, KVM_MEM_LOG_DIRTY_PAGES())
+), first_report AS (
+    SELECT pid, min(ts_ns) AS first_ns FROM free_page_reports GROUP BY pid
+), discards_after_report AS (
+    -- Only discards after a report of their process can follow one: translate only those.
+    SELECT h.* FROM host_discards h JOIN first_report f ON f.pid = h.pid AND h.ts_ns > f.first_ns
 ), report_discard AS (
     SELECT r.*, d.event_id AS discard_id, d.ts_ns AS discard_ns
     FROM free_page_reports r
-    LEFT JOIN guest_discards d
+    LEFT JOIN guest_discards_of(discards_after_report) d
       ON d.pid = r.pid AND d.ts_ns > r.ts_ns AND ranges_overlap(d.gpa_start, d.gpa_end, r.gpa_start, r.gpa_end)
     QUALIFY row_number() OVER (PARTITION BY r.event_id ORDER BY d.ts_ns, d.event_id) = 1
 ), report_pages AS (

@@ -73,22 +73,26 @@ WITH bounded AS (
     SELECT pid, ts_ns, event_id, detail, cfg_value,
            has_flag(cfg_value, PCI_COMMAND_MEMORY()) AS decoding
     FROM qemu WHERE event = 'pci_cfg_write' AND cfg_offset = PCI_COMMAND()
-), run_starts AS (
-    -- The latest vCPU run in a window [ts_ns, closed_ns) in two exact parts, so that no window
-    -- meets every run of its process: runs starting inside the window (end not before start)
-    -- are found by an ASOF join on the start (one per start instant, the highest event id);
-    -- runs starting at or before the window and still inside KVM_RUN at ts_ns can only be ones
-    -- that last (an instant, end = start, never spans), a hash join over those few.
-    SELECT pid, run_start_ns, max(event_id) AS event_id
-    FROM vcpu_in_run WHERE run_end_ns IS NULL OR run_end_ns >= run_start_ns
-    GROUP BY pid, run_start_ns
-), latest_start AS MATERIALIZED (
-    -- Materialised: a filter pushed into the ASOF join turns it into a nested loop.
-    SELECT w.event_id AS window_id, w.ts_ns, v.run_start_ns, v.event_id
-    FROM windows w
-    ASOF JOIN run_starts v ON v.pid = w.pid AND w.closed_ns > v.run_start_ns
+), window_width AS (
+    -- Time buckets as wide as the mean window: a window spans its length / width + 2 buckets at
+    -- most (about 3 on average) and a run meets only the windows of its bucket, by a hash join,
+    -- instead of every window of its process or an ASOF join that sorts every run.
+    SELECT greatest(avg(closed_ns - ts_ns), 1)::BIGINT AS width FROM windows
+), window_buckets AS (
+    SELECT w.event_id AS window_id, w.pid, w.ts_ns, w.closed_ns,
+           unnest(range(w.ts_ns // b.width, w.closed_ns // b.width + 1)) AS bucket
+    FROM windows w, window_width b
 ), run_in_window AS (
-    SELECT window_id, run_start_ns, event_id FROM latest_start WHERE run_start_ns > ts_ns
+    -- vCPU runs in a window [ts_ns, closed_ns) in two exact parts: runs starting inside it
+    -- (end not before start), through the window's time buckets; runs starting at or before
+    -- it and still inside KVM_RUN at ts_ns can only be ones that last (an instant, end = start,
+    -- never spans), a hash join over those few.
+    SELECT w.window_id, v.run_start_ns, v.event_id
+    FROM window_buckets w
+    JOIN (SELECT v.*, v.run_start_ns // b.width AS bucket FROM vcpu_in_run v, window_width b
+          WHERE v.run_end_ns IS NULL OR v.run_end_ns >= v.run_start_ns) v
+      ON v.pid = w.pid AND v.bucket = w.bucket
+     AND v.run_start_ns > w.ts_ns AND v.run_start_ns < w.closed_ns
     UNION ALL
     SELECT w.event_id, v.run_start_ns, v.event_id
     FROM windows w
@@ -170,32 +174,30 @@ WITH bounded AS (
                       END)
            END AS message
     FROM classified
-), open_windows AS (
-    -- How many re-covered pieces are waiting for their re-create at each instant, so that only
-    -- accesses made while some window was open meet the range join below.
-    SELECT pid, ts_ns, sum(sum(delta)) OVER (PARTITION BY pid ORDER BY ts_ns ROWS UNBOUNDED PRECEDING) AS open
-    FROM (SELECT d.pid, d.ts_ns, 1 AS delta FROM deletes d JOIN recover r ON r.del_id = d.event_id
-          UNION ALL
-          SELECT d.pid, r.valid_from, -1 FROM deletes d JOIN recover r ON r.del_id = d.event_id)
-    GROUP BY pid, ts_ns
-), in_window AS (
-    SELECT a.*
-    FROM vcpu_accesses a
-    ASOF JOIN open_windows o ON a.pid = o.pid AND a.ts_ns >= o.ts_ns
-    WHERE o.open > 0
+), gaps AS (
+    -- Each re-covered piece while it waits for its re-create.
+    SELECT d.event_id AS del_id, d.pid, d.comm, d.slot, d.ts_ns AS del_ns,
+           r.cre_id, r.cre_slot, r.valid_from, r.g0, r.g1
+    FROM deletes d JOIN recover r ON r.del_id = d.event_id
+), gap_width AS (
+    -- Time buckets as wide as the mean gap (as window_width): each access meets the few gaps
+    -- of its bucket by a hash join.
+    SELECT greatest(avg(valid_from - del_ns), 1)::BIGINT AS width FROM gaps
+), gap_buckets AS (
+    SELECT g.*, unnest(range(g.del_ns // b.width, g.valid_from // b.width + 1)) AS bucket
+    FROM gaps g, gap_width b
 ), access_findings AS (
-    SELECT 'access_in_window' AS kind, 'critical' AS severity, d.pid, d.comm,
-           d.ts_ns AS ts_start_ns, a.ts_ns AS ts_end_ns, r.g0 AS gpa_start, r.g1 AS gpa_end,
-           list_sort([d.event_id, r.cre_id, a.event_id]) AS event_ids,
+    SELECT 'access_in_window' AS kind, 'critical' AS severity, g.pid, g.comm,
+           g.del_ns AS ts_start_ns, a.ts_ns AS ts_end_ns, g.g0 AS gpa_start, g.g1 AS gpa_end,
+           list_sort([g.del_id, g.cre_id, a.event_id]) AS event_ids,
            printf('vCPU%s of %s (pid %d) accessed GPA 0x%x (%s) %s after memslot %d was deleted and %s before slot %d re-created it: the guest saw no memory there.',
-                  coalesce(' ' || a.vcpu, ''), d.comm, d.pid, a.gpa, a.via, elapsed(a.ts_ns - d.ts_ns),
-                  d.slot, elapsed(r.valid_from - a.ts_ns), r.cre_slot) AS message
-    FROM deletes d
-    JOIN recover r ON r.del_id = d.event_id
-    JOIN in_window a
-      ON a.pid = d.pid AND a.gpa >= r.g0 AND a.gpa < r.g1
-     AND a.ts_ns > d.ts_ns AND a.ts_ns < r.valid_from
-    QUALIFY row_number() OVER (PARTITION BY d.event_id, r.cre_id ORDER BY a.ts_ns, a.event_id) = 1
+                  coalesce(' ' || a.vcpu, ''), g.comm, g.pid, a.gpa, a.via, elapsed(a.ts_ns - g.del_ns),
+                  g.slot, elapsed(g.valid_from - a.ts_ns), g.cre_slot) AS message
+    FROM gap_buckets g
+    JOIN (SELECT a.*, a.ts_ns // b.width AS bucket FROM vcpu_accesses a, gap_width b) a
+      ON a.pid = g.pid AND a.bucket = g.bucket AND a.gpa >= g.g0 AND a.gpa < g.g1
+     AND a.ts_ns > g.del_ns AND a.ts_ns < g.valid_from
+    QUALIFY row_number() OVER (PARTITION BY g.del_id, g.cre_id ORDER BY a.ts_ns, a.event_id) = 1
 ), logged AS (
     -- Periods with dirty logging whose end drops the slot's dirty bitmap.
     SELECT t.*, CASE WHEN t.ended_how IN ('deleted', 'moved') THEN t.ended_how
@@ -204,13 +206,25 @@ WITH bounded AS (
     WHERE has_flag(t.flags, KVM_MEM_LOG_DIRTY_PAGES())
       AND (t.ended_how IN ('deleted', 'moved')
            OR (t.end_flags IS NOT NULL AND NOT has_flag(t.end_flags, KVM_MEM_LOG_DIRTY_PAGES())))
+), logged_width AS (
+    SELECT greatest(avg(valid_to - valid_from), 1)::BIGINT AS width FROM logged
+), logged_buckets AS (
+    -- Each logged period once per 1 GiB of GPA and time bucket (as wide as the mean period) it
+    -- touches: a write meets only the periods of its bucket pair, by a hash join.
+    SELECT *, unnest(range(valid_from // width, valid_to // width + 1)) AS time_bucket
+    FROM (SELECT l.event_id, l.pid, l.valid_from, l.valid_to, l.gpa_start, l.gpa_end, b.width,
+                 unnest(range((l.gpa_start >> 30)::BIGINT, ((l.gpa_end - 1) >> 30)::BIGINT + 1)) AS gpa_bucket
+          FROM logged l, logged_width b)
 ), last_write AS (
-    SELECT l.event_id AS period_id, a.event_id AS write_id, a.ts_ns AS write_ns, a.gpa
-    FROM logged l
-    JOIN vcpu_accesses a
-      ON a.pid = l.pid AND a.ts_ns >= l.valid_from AND a.ts_ns < l.valid_to
-     AND (a.write OR a.via = 'dirty_ring_push') AND a.gpa >= l.gpa_start AND a.gpa < l.gpa_end
-    QUALIFY row_number() OVER (PARTITION BY l.event_id ORDER BY a.ts_ns DESC, a.event_id DESC) = 1
+    SELECT l.event_id AS period_id,
+           arg_max({'write_id': a.event_id, 'write_ns': a.ts_ns, 'gpa': a.gpa}, (a.ts_ns, a.event_id)) AS w
+    FROM logged_buckets l
+    JOIN (SELECT a.*, (a.gpa >> 30)::BIGINT AS gpa_bucket, a.ts_ns // b.width AS time_bucket
+          FROM vcpu_accesses a, logged_width b
+          WHERE a.write OR a.via = 'dirty_ring_push') a
+      ON a.pid = l.pid AND a.gpa_bucket = l.gpa_bucket AND a.time_bucket = l.time_bucket
+     AND a.ts_ns >= l.valid_from AND a.ts_ns < l.valid_to AND a.gpa >= l.gpa_start AND a.gpa < l.gpa_end
+    GROUP BY l.event_id
 ), lost_findings AS (
     SELECT 'dirty_log_lost' AS kind, 'high' AS severity, l.pid, l.comm,
            w.write_ns AS ts_start_ns, l.valid_to AS ts_end_ns, l.gpa_start, l.gpa_end,
@@ -219,7 +233,7 @@ WITH bounded AS (
                   l.slot, l.gpa_start, l.gpa_end, l.comm, l.pid, l.how, elapsed(l.valid_to - w.write_ns),
                   w.write_id) AS message
     FROM logged l
-    JOIN last_write w ON w.period_id = l.event_id
+    JOIN (SELECT period_id, w.write_id, w.write_ns, w.gpa FROM last_write) w ON w.period_id = l.event_id
     WHERE NOT EXISTS (
         SELECT 1 FROM dirty_log h
         WHERE h.pid = l.pid AND h.fd IS NOT DISTINCT FROM l.vm_fd AND coalesce(h.ret, 0) = 0

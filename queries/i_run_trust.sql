@@ -8,7 +8,8 @@
 --   unclean_stop (a session whose writer died: events after its last chunk are missing),
 --   missing_probes (tracepoints or uprobes a collector wanted but this kernel or QEMU binary
 --   lacks), clock_alignment (a QEMU log placed on the monotonic clock by memslot alignment, with
---   its residual, or by this host's current offset, which is right only for a log of this boot;
+--   its residual, or by the wall-clock offset a collector session of the run recorded, which is
+--   right only for a log written on that host while it traced;
 --   an ftrace import whose trace clock is not CLOCK_MONOTONIC and got no offset, an untimed log
 --   ordered by line).
 --   Detectors that could not run at all are listed as "not run" beside the findings.
@@ -40,8 +41,8 @@ SELECT 'clock_alignment' AS kind, 'info' AS severity, start_ns AS ts_start_ns, e
             ELSE CASE clock_alignment
            WHEN 'memslots' THEN printf('Session %d (%s) was put on the monotonic clock by matching %d memslot updates with a kernel-side source; residual %.1f us.',
                                        session, source, clock_matched, clock_residual_ns / 1000.0)
-           WHEN 'host' THEN printf('Session %d (%s) was put on the monotonic clock with this host''s current wall-clock offset: right only if the log was written during this boot.',
-                                   session, source)
+           WHEN 'host' THEN printf('Session %d (%s) was put on the monotonic clock with the wall-clock offset a collector session of this run recorded (it drifted %.1f us while tracing): right only if the log was written on that host while it traced.',
+                                   session, source, clock_residual_ns / 1000.0)
            WHEN 'none' THEN printf('Session %d (%s) keeps its %s clock''s times, not CLOCK_MONOTONIC: do not compare them with other sources (give --clock-offset).',
                                    session, source, clock_domain)
            WHEN 'unaligned' THEN printf('Session %d (%s) keeps its trace clock''s times, not CLOCK_MONOTONIC: do not compare them with other sources (record with trace_clock mono, or give --clock-offset).',

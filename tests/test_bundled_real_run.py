@@ -42,10 +42,12 @@ def test_bundled_kvm_boot(tmp_path):
     found = result.findings.to_pylist()
     assert {f["detector"] for f in found} == {"D4", "I"}
     d4 = [f for f in found if f["detector"] == "D4"]
-    # QEMU 7.2 does not inhibit vCPUs around commits; this run predates KVM_RUN tracing, so the
-    # windows after the first vCPU activity stay undecided (medium) and say what would decide them.
-    assert any(f["severity"] == "medium" and "trace KVM_RUN" in f["message"] for f in d4)
-    assert any(f["severity"] == "info" and "before first vCPU run" in f["message"] for f in d4)
+    # QEMU 7.2 does not inhibit vCPUs around commits, but KVM_RUN is traced: its one vCPU makes the
+    # updates itself after exiting to QEMU, so no vCPU is inside KVM_RUN in any window.
+    assert run.row_counts()["vcpu_runs"] > 0
+    assert {f["severity"] for f in d4} == {"info"}
+    assert any("before first vCPU run" in f["message"] for f in d4)
+    assert any("unreachable: KVM_RUN was traced and no vCPU was inside it" in f["message"] for f in d4)
     trust = {f["kind"] for f in found if f["detector"] == "I"}
     assert "clock_alignment" in trust
 
@@ -61,6 +63,18 @@ def test_bundled_scenarios(name, tmp_path):
     con.register("bpf_discards", run.read_family("discards"))
     con.register("bpf_qemu", qemu.filter(pc.equal(qemu["source"], "bpf:qemu")))
     con.register("log_qemu", qemu.filter(pc.equal(qemu["source"], "qemu-log")))
+    if name == "balloon":
+        # Under TCG QEMU makes no memslot ioctls: its log joined the run's clock through the offset
+        # the collector recorded on this host. The same discards, seen by the uprobe at entry and
+        # logged by QEMU, then agree to microseconds.
+        assert run.manifest["sessions"][1]["clock"]["alignment"] == "host"
+        lag = con.execute("""
+            WITH b AS (SELECT ts_ns, row_number() OVER (ORDER BY ts_ns) AS n FROM bpf_qemu
+                       WHERE event = 'ram_block_discard_range'),
+                 l AS (SELECT ts_ns, row_number() OVER (ORDER BY ts_ns) AS n FROM log_qemu
+                       WHERE event = 'ram_block_discard_range')
+            SELECT count(*), quantile_cont(abs(l.ts_ns - b.ts_ns), [0.5, 0.99]) FROM b JOIN l USING (n)""").fetchone()
+        assert lag[0] > 1000 and lag[1][0] < 100_000 and lag[1][1] < 1_000_000
     if name == "hint":
         hints = con.execute(f"SELECT count(*) FROM bpf_qemu WHERE event = 'free_page_hint' AND pid = {pid}")
         assert hints.fetchall()[0][0] > 0

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.importers import TraceFormatError
 from pipeline.importers import qemu_log
+from pipeline.importers.host_clock import offset_from_collector_sessions
 from pipeline.importers.qemu_catalogue import CATALOGUE
 from pipeline.importers.qemu_log import import_qemu_log
 from pipeline.runstore import RunWriter, open_run
@@ -219,6 +220,53 @@ def test_aligned_on_kernel_side_memslots_and_pid_from_kernel(tmp_path):
     assert res["rows"]["memslots"] == 4 and res["written"]["memslots"] == 2 and res["pid"] == 9000 and "kernel-side" in res["pid_from"]
     qemu = open_run(run).read_family("qemu")
     assert pc.all(pc.equal(qemu["pid"], 9000)).as_py() and pc.min(qemu["ts_ns"]).as_py() > 0
+
+
+def _collector_run(run, realtime_start_ns, seconds, drift_ns=0):
+    """A run with one collector session that traced `seconds` from `realtime_start_ns` (wall
+    clock) = 5 s monotonic on its host; the wall clock gains `drift_ns` by the stop."""
+    with RunWriter(run, source="bpf", kind="collector") as w:
+        w.write("discards", {"ts_ns": [6_000_000_000], "pid": [9000], "tid": [9000], "comm": ["qemu-system-x86"],
+                             "source": ["bpf:discards"], "syscall": ["madvise"], "hva_start": [0x7F0000000000],
+                             "size": [4096], "advice": [4], "ret": [0]})
+    m = json.loads((run / "manifest.json").read_text())
+    m["sessions"][0].update(realtime_start_ns=realtime_start_ns, monotonic_start_ns=5_000_000_000,
+                            realtime_end_ns=realtime_start_ns + seconds * 10**9 + drift_ns,
+                            monotonic_end_ns=5_000_000_000 + seconds * 10**9,
+                            clock={"domain": "monotonic", "source": "bpf_ktime_get_ns (CLOCK_MONOTONIC)",
+                                   "alignment": "none", "offset_ns": None, "residual_ns": None, "matched_events": 0})
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
+def test_aligned_on_the_clocks_a_collector_session_recorded(tmp_path):
+    # The log (12:25:20-12:25:21 UTC) was written while the session traced (12:25:00 for 60 s).
+    run = tmp_path / "run"
+    _collector_run(run, 1795263900_000000000, 60, drift_ns=3000)
+    res = import_qemu_log([LOG], run)
+    clock = open_run(run).manifest["sessions"][-1]["clock"]
+    assert (clock["domain"], clock["alignment"], clock["from_session"]) == ("monotonic", "host", 1)
+    assert (clock["offset_ns"], clock["residual_ns"]) == (1795263900_000000000 - 5_000_000_000, 3000)
+    first = open_run(run).read_family("memslots")["ts_ns"][0].as_py()
+    assert first == 1795263920840692000 - clock["offset_ns"] == 25_840_692_000
+    assert res["written"]["memslots"] == 4   # no kernel-side memslots: nothing matched, all kept
+
+
+def test_a_log_outside_every_collector_session_stays_on_the_wall_clock(tmp_path):
+    run = tmp_path / "run"
+    _collector_run(run, 1795263930_000000000, 60)   # started 10 s after the log's last line
+    import_qemu_log([LOG], run)
+    clock = open_run(run).manifest["sessions"][-1]["clock"]
+    assert (clock["domain"], clock["alignment"], clock["offset_ns"]) == ("realtime", "none", None)
+
+
+def test_the_steadiest_of_two_sessions_gives_the_offset():
+    sessions = [{"session": n, "kind": "collector", "clock": {"domain": "monotonic"}, "realtime_start_ns": 100,
+                 "monotonic_start_ns": 10, "realtime_end_ns": 1000 + drift, "monotonic_end_ns": 910}
+                for n, drift in ((1, 50), (2, 5))]
+    sessions.append({"session": 3, "kind": "collector", "clock": {"domain": "monotonic"}})   # no clocks: skipped
+    found = offset_from_collector_sessions({"sessions": sessions}, 200, 900)
+    assert (found.offset_ns, found.residual_ns, found.session) == (90, 5, 2)
+    assert offset_from_collector_sessions({"sessions": sessions}, 50, 900) is None
 
 
 def test_untimed_log_keeps_order(tmp_path):

@@ -219,7 +219,7 @@ def test_malformed_manifest_names_the_field(tmp_path, edit, field):
 
 
 def test_v1_manifests_open_normalised(tmp_path):
-    for path in sorted((FIXTURES / "real").glob("*/run")):
+    for path in sorted((FIXTURES / "v1-run").glob("*/run")):
         r = open_run(path)
         assert r.manifest["schema_version"] == 1
         bpf = r.manifest["sessions"][0]
@@ -227,7 +227,7 @@ def test_v1_manifests_open_normalised(tmp_path):
                                 "alignment": "none", "offset_ns": None, "residual_ns": None, "matched_events": 0}
         assert all(s["clock"]["domain"] == "monotonic" for s in r.manifest["sessions"])
     with pytest.raises(RunError, match="is a file, not a run directory"):
-        open_run(FIXTURES / "real" / "kvm-boot" / "run" / "manifest.json")
+        open_run(FIXTURES / "v1-run" / "kvm-boot" / "run" / "manifest.json")
 
 
 def test_binary_manifest_is_a_clear_error(tmp_path):

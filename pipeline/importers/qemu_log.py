@@ -15,9 +15,11 @@ touched.
   counted with their first line numbers (session `non_trace_lines`), never as lost events.
 - A known event whose arguments do not fit its format: error naming file, line and field, or
   with --skip-bad a lost line. Events outside the catalogue are counted by name.
-- Time: TID@SEC.USEC, ISO-8601 and journal times are the wall clock. Without a kernel-side source
-  or --clock-offset they stay on it (clock domain "realtime"); with --clock-offset, or memslot
-  ioctls of a kernel-side source in the run matched line by line, they become CLOCK_MONOTONIC.
+- Time: TID@SEC.USEC, ISO-8601 and journal times are the wall clock. They become CLOCK_MONOTONIC
+  with --clock-offset; else by memslot ioctls of a kernel-side source in the run matched line by
+  line; else by the wall-clock/monotonic offset a collector session of the run recorded on its
+  host, when the whole log lies inside that session's time (`host_clock`). Otherwise they stay
+  on the wall clock (clock domain "realtime").
   A log without times is "untimed": ts_ns is the line's sequence number across the inputs.
 - Process id: --pid; else the process that kernel-side events in the run put the log's threads
   in; else what the log proves (the syslog/journal PID, the thread QEMU names "main", or the
@@ -41,6 +43,7 @@ import pyarrow as pa
 
 from pipeline.constants import KVM_RUN
 from pipeline.importers import InputFile, TraceFormatError, line_batches
+from pipeline.importers.host_clock import offset_from_collector_sessions
 from pipeline.importers.qemu_catalogue import EVENTS, Event, field_text, field_value, first_bad_field, token_generation
 from pipeline.importers.qemu_prefixes import envelope_sql, group_names, sql_list, sql_str
 from pipeline.runstore import RunWriter, open_run
@@ -281,10 +284,11 @@ def scan_inputs(paths: list[Path], stage: _Stage, *, skip_bad: bool) -> Scan:
 
 @dataclass
 class Alignment:
-    method: str              # "none", "given", "memslots"
+    method: str              # "none", "given", "memslots", "host"
     offset_ns: int | None    # monotonic = log time - offset_ns
-    residual_ns: int | None  # largest disagreement among aligned events
+    residual_ns: int | None  # largest disagreement among aligned events (host: the session's drift)
     matched: int = 0
+    session: int | None = None  # host: the collector session whose clocks gave the offset
 
 
 def _kernel_side(con: duckdb.DuckDBPyConnection, run_dir: Path) -> bool:
@@ -318,6 +322,19 @@ def align_on_memslots(con: duckdb.DuckDBPyConnection) -> Alignment | None:
         return None
     con.execute("DELETE FROM stage_memslots WHERE (file_idx, line_no) IN (SELECT (file_idx, line_no) FROM pairs)")
     return Alignment("memslots", int(row[1]), int(row[2]), int(row[0]))
+
+
+def align_on_collector_sessions(con: duckdb.DuckDBPyConnection, tables: set[str], manifest: dict) -> Alignment | None:
+    """The offset a collector session of the run recorded on its host, when the log's wall-clock
+    span lies inside that session's (see `host_clock`)."""
+    union = " UNION ALL ".join(f"SELECT t_ns FROM {t} WHERE t_kind = 'wall'" for t in sorted(tables))
+    first, last = con.execute(f"SELECT min(t_ns), max(t_ns) FROM ({union})").fetchone()
+    if first is None:
+        return None
+    found = offset_from_collector_sessions(manifest, first, last)
+    if found is None:
+        return None
+    return Alignment("host", found.offset_ns, found.residual_ns, session=found.session)
 
 
 def _pid_of_threads(con: duckdb.DuckDBPyConnection, tids: list[int]) -> int | None:
@@ -383,8 +400,11 @@ def import_qemu_log(paths: list[Path], run_dir: Path, *, pid: int | None = None,
         align = Alignment("none", None, None)
         if domain != "untimed" and clock_offset_ns is not None:
             align = Alignment("given", clock_offset_ns, None)
-        elif domain == "realtime" and has_run and "stage_memslots" in stage.tables:
-            align = align_on_memslots(con) or align
+        elif domain == "realtime" and has_run:
+            if "stage_memslots" in stage.tables:
+                align = align_on_memslots(con) or align
+            if align.offset_ns is None:
+                align = align_on_collector_sessions(con, stage.tables, open_run(run_dir).manifest) or align
         out_domain = "monotonic" if align.offset_ns is not None else domain
 
         tids = sorted(scan.threads)
@@ -424,6 +444,8 @@ def import_qemu_log(paths: list[Path], run_dir: Path, *, pid: int | None = None,
             info["extra_arguments"] = scan.extra_args
         if align.method == "memslots":
             info["memslots_already_in_run"] = align.matched
+        if align.method == "host":
+            info["clock"]["from_session"] = align.session
         if domain == "untimed" and kinds:
             info["clock"]["stamped_rows"] = {k: n for k, n in kinds.items()}
 

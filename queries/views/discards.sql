@@ -28,40 +28,47 @@ GROUP BY ALL;
 -- most precise class it has are kept: 1 syscalls (madvise, process_madvise, fallocate), else
 -- 2 ram_block_discard_range (uprobe or QEMU log), else 3 balloon_page / virtio_mem_unplug (GPAs
 -- from QEMU's log).
+-- discard_what(source, advice, fd): a phrase naming a discard for messages.
+CREATE OR REPLACE MACRO discard_what(source, advice, fd) AS
+    CASE source WHEN 'fallocate' THEN printf('fallocate(PUNCH_HOLE) of fd %d', fd)
+                WHEN 'ram_block_discard_range' THEN 'ram_block_discard_range'
+                WHEN 'balloon_page' THEN 'a balloon page discard'
+                WHEN 'virtio_mem_unplug' THEN 'a virtio-mem unplug'
+                ELSE source || '(' || madv_name(advice) || ')' END;
+
 CREATE OR REPLACE TEMP VIEW _discard_sources AS
 WITH raw AS NOT MATERIALIZED (
     SELECT event_id, ts_ns, end_ns, pid, tid, comm, syscall AS source, 1 AS class,
-           syscall || '(' || madv_name(advice) || ')' AS what, advice, NULL::INTEGER AS fd,
+           advice, NULL::INTEGER AS fd,
            hva_start, hva_start + size AS hva_end, NULL::UBIGINT AS gpa_start, NULL::UBIGINT AS gpa_end,
            NULL::UBIGINT AS file_start, NULL::UBIGINT AS file_end
     FROM discards
     WHERE syscall IN ('madvise', 'process_madvise') AND hva_start IS NOT NULL AND coalesce(ret, 0) = 0
       AND is_discard_advice(advice)
     UNION ALL
-    SELECT event_id, ts_ns, end_ns, pid, tid, comm, 'fallocate', 1,
-           printf('fallocate(PUNCH_HOLE) of fd %d', fd), NULL, fd,
+    SELECT event_id, ts_ns, end_ns, pid, tid, comm, 'fallocate', 1, NULL, fd,
            NULL, NULL, NULL, NULL, "offset", "offset" + size
     FROM discards
     WHERE syscall = 'fallocate' AND has_flag(mode, FALLOC_FL_PUNCH_HOLE()) AND coalesce(ret, 0) = 0
     UNION ALL
-    SELECT event_id, ts_ns, end_ns, pid, tid, comm, event, 2, 'ram_block_discard_range', NULL, NULL,
+    SELECT event_id, ts_ns, end_ns, pid, tid, comm, event, 2, NULL, NULL,
            hva, hva + size, NULL, NULL, NULL, NULL
     FROM qemu
     WHERE event = 'ram_block_discard_range' AND coalesce(ret, 0) = 0 AND hva IS NOT NULL AND size IS NOT NULL
     UNION ALL
     SELECT event_id, ts_ns, end_ns, pid, tid, comm, event, 3,
-           CASE event WHEN 'balloon_page' THEN 'a balloon page discard' ELSE 'a virtio-mem unplug' END,
            NULL, NULL, NULL, NULL, gpa, gpa + coalesce(size, PAGE_SIZE()), NULL, NULL
     FROM qemu
     WHERE event IN ('balloon_page', 'virtio_mem_unplug') AND gpa IS NOT NULL AND coalesce(ret, 0) = 0
 ), best AS (
-    -- A grouped minimum over (pid, class) and a semi join, not a window over every discard row:
-    -- the window sorted whole rows; this reads two columns.
+    -- A grouped minimum over (pid, class) and a join, not a window over every discard row:
+    -- the window sorted whole rows; this reads two columns. An inner join (best has one row
+    -- per pid), not a semi join, for which DuckDB built its hash table on the discards.
     SELECT pid, min(class) AS class FROM raw GROUP BY pid
 )
-SELECT * FROM raw SEMI JOIN best USING (pid, class);
+SELECT raw.*, discard_what(source, advice, fd) AS what FROM raw JOIN best USING (pid, class);
 
--- host_discards (materialised): one row per discard and process whose memory it freed, in HVA.
+-- host_discards: one row per discard and process whose memory it freed, in HVA.
 -- Shared memory (memfd / shmem, MAP_SHARED): MADV_DONTNEED / FREE on a shared mapping frees
 -- nothing (the page stays in the file) and is left out when a shared mapping of the process
 -- holds the whole range; MADV_REMOVE and fallocate(PUNCH_HOLE) free the file range under every
@@ -74,14 +81,16 @@ SELECT * FROM raw SEMI JOIN best USING (pid, class);
 --   by_pid                            the process that discarded (differs for a shared file)
 --   source, what                      which source, and a phrase for messages
 --   hva_start, hva_end                the freed host-virtual range, half-open
-CREATE OR REPLACE TEMP TABLE host_discards AS
-WITH src AS (SELECT * FROM _discard_sources),
+CREATE OR REPLACE TEMP TABLE _host_discards AS
+WITH src AS (SELECT * EXCLUDE (what) FROM _discard_sources),
 private_madvise AS (
+    -- An anti join, not NOT EXISTS: DuckDB decorrelated that into a distinct set of every
+    -- discard's (pid, ts_ns, range) before looking at the few shared mappings.
     SELECT s.* FROM src s
+    ANTI JOIN file_mapping_periods m
+      ON m.pid = s.pid AND m.shared AND live_at(s.ts_ns, m.valid_from, m.valid_to)
+     AND m.hva_start <= s.hva_start AND s.hva_end <= m.hva_end
     WHERE s.hva_start IS NOT NULL AND (s.advice IS NULL OR s.advice <> MADV_REMOVE())
-      AND NOT EXISTS (SELECT 1 FROM file_mapping_periods m
-                      WHERE m.pid = s.pid AND m.shared AND live_at(s.ts_ns, m.valid_from, m.valid_to)
-                        AND m.hva_start <= s.hva_start AND s.hva_end <= m.hva_end)
 ), file_ranges AS (
     -- MADV_REMOVE through a shared mapping, or fallocate on an fd: the file range it punched.
     SELECT s.*, m.inode, m.fd AS map_fd,
@@ -94,7 +103,7 @@ private_madvise AS (
               ELSE m.shared AND ranges_overlap(m.hva_start, m.hva_end, s.hva_start, s.hva_end) END
     WHERE s.source = 'fallocate' OR s.advice = MADV_REMOVE()
 ), file_pieces AS (
-    SELECT DISTINCT f.event_id, f.ts_ns, f.end_ns, m.pid, f.tid, m.comm, f.pid AS by_pid, f.source, f.what,
+    SELECT DISTINCT f.event_id, f.ts_ns, f.end_ns, m.pid, f.tid, m.comm, f.pid AS by_pid, f.source, f.advice, f.fd,
            m.hva_start + (greatest(f.f0, m.file_offset) - m.file_offset) AS hva_start,
            m.hva_start + (least(f.f1, m.file_offset + (m.hva_end - m.hva_start)) - m.file_offset) AS hva_end
     FROM file_ranges f
@@ -105,23 +114,40 @@ private_madvise AS (
 ), balloon_src AS (
     SELECT * EXCLUDE (hva_start, hva_end) FROM src WHERE class = 3
 ), balloon AS (
-    SELECT event_id, ts_ns, end_ns, pid, tid, comm, pid AS by_pid, source, what,
+    SELECT event_id, ts_ns, end_ns, pid, tid, comm, pid AS by_pid, source, advice, fd,
            piece_hva_start AS hva_start, piece_hva_end AS hva_end
     FROM gpa_to_hva(balloon_src)
 )
-SELECT event_id, ts_ns, end_ns, pid, tid, comm, pid AS by_pid, source, what, hva_start, hva_end
+SELECT event_id, ts_ns, end_ns, pid, tid, comm, pid AS by_pid, source, advice, fd, hva_start, hva_end
 FROM private_madvise
 UNION ALL SELECT * FROM file_pieces
 UNION ALL SELECT * FROM balloon;
 
--- guest_discards (materialised): host discards of guest RAM, one row per memslot piece, with
--- the GPA they dropped (a discard no address-space-0 memslot backs at that instant is no guest
--- RAM). Columns: those of host_discards, with hva_start/hva_end cut to the piece, and
+-- The phrase is made when read, not stored: a string per discard cost more than the rest of the row.
+CREATE OR REPLACE TEMP VIEW host_discards AS
+SELECT event_id, ts_ns, end_ns, pid, tid, comm, by_pid, source, discard_what(source, advice, fd) AS what,
+       hva_start, hva_end
+FROM _host_discards;
+
+-- guest_discards_of(tbl): rows of host_discards (tbl: host_discards or rows of it, with any
+-- extra columns) that are discards of guest RAM, one row per memslot piece, with the GPA they
+-- dropped (a discard no address-space-0 memslot backs at that instant is no guest RAM).
+-- Columns: those of tbl, with hva_start/hva_end cut to the piece, and
 --   gpa_start, gpa_end      the guest-physical range it backs
 --   slot_event_id           the memslot event that opened the translating period
-CREATE OR REPLACE TEMP TABLE guest_discards AS
-SELECT event_id, ts_ns, end_ns, pid, tid, comm, by_pid, source, what,
+-- A macro, so that a detector translates only the discards it reasons about (those while an
+-- inhibit is held, those after a free page report): translating every discard of the run costs
+-- more than the rest of detection.
+CREATE OR REPLACE MACRO guest_discards_of(tbl) AS TABLE
+SELECT * EXCLUDE (hva_start, hva_end, slot_id, slot_flags,
+                  piece_hva_start, piece_hva_end, piece_gpa_start, piece_gpa_end),
        piece_hva_start AS hva_start, piece_hva_end AS hva_end,
-       piece_gpa_start AS gpa_start, piece_gpa_end AS gpa_end, slot_event_id
-FROM hva_to_gpa(host_discards)
+       piece_gpa_start AS gpa_start, piece_gpa_end AS gpa_end
+FROM hva_to_gpa(tbl)
 WHERE slot_event_id IS NOT NULL;
+
+-- guest_discards: every host discard of guest RAM (guest_discards_of(host_discards)).
+CREATE OR REPLACE TEMP VIEW guest_discards AS
+SELECT event_id, ts_ns, end_ns, pid, tid, comm, by_pid, source, what,
+       hva_start, hva_end, gpa_start, gpa_end, slot_event_id
+FROM guest_discards_of(host_discards);

@@ -52,5 +52,17 @@ SELECT event_id, ts_ns, end_ns, pid, tid, comm, 'qemu', 'qemu', event,
        || coalesce(' ' || detail, '') || coalesce(' count ' || count, '') || coalesce(' = ' || ret, '')
 FROM qemu
 UNION ALL
+SELECT event_id, ts_ns, end_ns, pid, tid, comm, 'vcpu_runs', 'guest', 'kvm_run_' || op,
+       'KVM_RUN ' || op || coalesce(' vcpu ' || vcpu, '') || coalesce(' fd ' || vcpu_fd, '')
+       || coalesce(printf(' %.1f us', (end_ns - ts_ns) / 1000.0), '') || coalesce(' exit reason ' || exit_reason, '')
+       || coalesce(' = ' || ret, '')
+FROM vcpu_runs
+UNION ALL
+SELECT event_id, ts_ns, NULL, pid, tid, comm, 'file_mappings', 'qemu', event,
+       printf('%s 0x%x +0x%x', event, hva_start, size) || coalesce(' fd ' || fd, '')
+       || coalesce(printf(' file offset 0x%x', file_offset), '') || coalesce(' ' || path, '')
+       || coalesce(' = ' || ret, '')
+FROM file_mappings
+UNION ALL
 SELECT event_id, ts_ns, NULL, pid, tid, comm, 'lost_events', 'lost', 'lost', printf('%d %s events lost: %s', count, family, reason)
 FROM lost_events;

@@ -68,3 +68,43 @@ SELECT m.pid, m.comm, m.api, m.fd, m.ioas_id, m.buf_index,
        m.flags
 FROM maps m
 LEFT JOIN ends e USING (event_id);
+
+-- _pinned_ranges (materialised): the union of the HVA ranges any pin ever covered, in any
+-- process, as disjoint sorted ranges. A cheap first filter: an event that touches none of them
+-- can never be under a live pin, so detectors drop it before their per-event work (pairing,
+-- translation) instead of after.
+CREATE OR REPLACE TEMP TABLE _pinned_ranges AS
+WITH ranges AS (
+    SELECT DISTINCT vaddr_start AS lo, vaddr_end AS hi FROM dma_mappings WHERE vaddr_end > vaddr_start
+), marked AS (
+    SELECT lo, hi, max(hi) OVER (ORDER BY lo, hi ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+    FROM ranges
+), islands AS (
+    -- A range that starts beyond every earlier end starts a new disjoint range.
+    SELECT lo, hi, sum(CASE WHEN reach IS NULL OR lo > reach THEN 1 ELSE 0 END)
+                       OVER (ORDER BY lo, hi ROWS UNBOUNDED PRECEDING) AS island
+    FROM marked
+)
+SELECT min(lo) AS lo, max(hi) AS hi FROM islands GROUP BY island;
+
+-- _pinned_buckets (materialised): each of those ranges once per 2 MiB of HVA it touches, and
+-- once more under bucket -1, where rows wider than a bucket look.
+CREATE OR REPLACE MACRO _pin_bucket(a) AS (a >> 21)::BIGINT;
+CREATE OR REPLACE TEMP TABLE _pinned_buckets AS
+SELECT lo, hi, unnest(range(_pin_bucket(lo), _pin_bucket(hi - 1) + 1)) AS bucket FROM _pinned_ranges
+UNION ALL
+SELECT lo, hi, -1 FROM _pinned_ranges;
+
+-- ever_pinned(tbl): the rows of tbl (columns hva_start, hva_end) whose range overlaps HVA that
+-- some pin covered at some time (any process; ranges_overlap, so an empty range inside one
+-- counts): a superset of the rows under a live pin of their own process. A row within one
+-- 2 MiB bucket (nearly every discard and invalidation) meets only the ranges of its bucket, by
+-- a hash join; the few others (bucket -1) meet every range. One pass over tbl.
+CREATE OR REPLACE MACRO ever_pinned(tbl) AS TABLE
+SELECT t.*
+FROM query_table(tbl) t
+SEMI JOIN _pinned_buckets p
+  ON p.bucket = CASE WHEN t.hva_end > t.hva_start
+                          AND t.hva_end <= ((_pin_bucket(t.hva_start) + 1)::HUGEINT << 21)
+                     THEN _pin_bucket(t.hva_start) ELSE -1 END
+ AND ranges_overlap(t.hva_start, t.hva_end, p.lo, p.hi);

@@ -50,8 +50,10 @@ def import_qemu_log_cmd(
                                                 "give [default: qemu-system].", show_default=False)] = None,
     clock_offset: Annotated[Optional[int], typer.Option(help="Nanoseconds to subtract from the log's times to get "
                                                         "CLOCK_MONOTONIC [default: aligned on the run's "
-                                                        "kernel-side memslot ioctls, else the log keeps its "
-                                                        "own clock].", show_default=False)] = None,
+                                                        "kernel-side memslot ioctls, else on the clocks a "
+                                                        "collector session of the run recorded when the log "
+                                                        "lies inside it, else the log keeps its own clock].",
+                                                        show_default=False)] = None,
     host: Annotated[Optional[str], typer.Option(help="Host the log was recorded on [default: what syslog or the "
                                                 "journal says, else unknown].", show_default=False)] = None,
     kernel: Annotated[Optional[str], typer.Option(help="Kernel release of that host [default: unknown].",
@@ -77,8 +79,12 @@ def import_qemu_log_cmd(
     except (TraceFormatError, RunError) as e:
         fail(str(e))
     clock = res["clock"]
-    residual = "" if clock["residual_ns"] is None else \
-        f", residual {clock['residual_ns']} ns over {clock['matched_events']} events"
+    if clock["residual_ns"] is None:
+        residual = ""
+    elif clock["alignment"] == "host":
+        residual = f" of collector session {clock['from_session']}, drift {clock['residual_ns']} ns while it ran"
+    else:
+        residual = f", residual {clock['residual_ns']} ns over {clock['matched_events']} events"
     out.print(f"imported into {run}: {counts_text(res['written'])}; unknown events {sum(res['unknown'].values())}; "
               f"non-trace lines {res['non_trace']}; bad lines {res['bad']}; clock: {clock['domain']} "
               f"(alignment {clock['alignment']}{residual}); pid: {res['pid'] if res['pid'] is not None else 0} "
