@@ -100,8 +100,9 @@ def main() -> None:
     for lines in (int(s) for s in args.sizes.split(",")):
         log = args.dir / f"qemu-{lines}.log"
         generate(log, lines)
-        scan, imp, rss, scan_cpu, imp_cpu = [], [], [], [], []
+        scan, imp, rss, scan_cpu, imp_cpu, load = [], [], [], [], [], []
         for _ in range(args.repeats):   # interleaved: both see the same machine load
+            load.append(os.getloadavg()[0])
             out = args.dir / "scan.parquet"
             out.unlink(missing_ok=True)
             wall, cpu, _ = timed(SCAN, str(log), str(out))
@@ -122,17 +123,18 @@ def main() -> None:
             "scan_cpu_s": statistics.median(scan_cpu), "import_cpu_s": statistics.median(imp_cpu),
             "cpu_ratio": statistics.median(imp_cpu) / statistics.median(scan_cpu),
             "lines_per_s": lines / statistics.median(imp),
+            "lines_per_cpu_s": lines / statistics.median(imp_cpu),
             "peak_rss_mb": max(rss),
-            "load_avg_1m": os.getloadavg()[0],
+            "load_avg_1m": {"min": min(load), "max": max(load)},
         })
     print(f"{'lines':>10} {'scan s (min/med/max)':>24} {'import s (min/med/max)':>26} {'ratio':>6} "
-          f"{'lines/s':>10} {'peak RSS MB':>11} {'CPU s scan/import':>18} {'CPU ratio':>9}")
+          f"{'lines/s':>10} {'peak RSS MB':>11} {'CPU s scan/import':>18} {'CPU ratio':>9} {'load':>9}")
     for r in results:
         s, i = r["scan_s"], r["import_s"]
         print(f"{r['lines']:>10} {s['min']:>7.2f}/{s['median']:>7.2f}/{s['max']:>7.2f} "
               f"{i['min']:>8.2f}/{i['median']:>8.2f}/{i['max']:>8.2f} {r['ratio']:>6.1f} "
               f"{r['lines_per_s']:>10.0f} {r['peak_rss_mb']:>11.0f} {r['scan_cpu_s']:>8.1f}/{r['import_cpu_s']:>9.1f} "
-              f"{r['cpu_ratio']:>9.1f}")
+              f"{r['cpu_ratio']:>9.1f} {r['load_avg_1m']['min']:4.1f}-{r['load_avg_1m']['max']:<4.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -25,9 +25,15 @@ EVENT_NAME = re.compile(r"^[\w.-]+$")
 
 
 def item(lists: pa.Array, i: int) -> pa.Array:
-    """Element i of every list, null where a list is shorter or null (list_element would raise)."""
-    whole = pc.coalesce(lists, pa.scalar([], lists.type))
-    return pc.list_slice(whole, i, i + 1, return_fixed_size_list=True).flatten()
+    """Element i of every list, null where a list is shorter or null (list_element would raise):
+    one take from the list values at offset + i, half the cost of slicing and flattening the lists."""
+    width = np.int64 if pa.types.is_large_list(lists.type) else np.int32
+    offsets = np.frombuffer(lists.buffers()[1], width)[lists.offset:lists.offset + len(lists) + 1]
+    at = offsets[:-1] + i
+    missing = at >= offsets[1:]
+    if lists.null_count:
+        missing |= ~np.asarray(lists.is_valid())
+    return lists.values.take(pa.array(at, mask=missing))
 
 
 def _np(mask: pa.Array) -> np.ndarray:
@@ -52,9 +58,12 @@ def _fast(lines: pa.Array) -> tuple[np.ndarray, dict[str, pa.Array]]:
     r = pc.split_pattern(right, "]", max_splits=1)
     cpu, flags = item(r, 0), pc.utf8_trim_whitespace(item(r, 1))
     has_tgid = pc.ends_with(left, ")")
-    g = pc.split_pattern(left, "(", max_splits=1, reverse=True)
-    tgid = pc.if_else(has_tgid, pc.utf8_trim_whitespace(pc.utf8_rtrim(item(g, 1), ")")), "")
-    left = pc.if_else(has_tgid, pc.utf8_rtrim_whitespace(item(g, 0)), left)
+    if _np(has_tgid).any():
+        g = pc.split_pattern(left, "(", max_splits=1, reverse=True)
+        tgid = pc.if_else(has_tgid, pc.utf8_trim_whitespace(pc.utf8_rtrim(item(g, 1), ")")), "")
+        left = pc.if_else(has_tgid, pc.utf8_rtrim_whitespace(item(g, 0)), left)
+    else:   # no TGID column in the block (a null left fails the checks below either way)
+        tgid = pa.nulls(len(lines), pa.string()).fill_null("")
     d = pc.split_pattern(left, "-", max_splits=1, reverse=True)
     comm, tid = pc.utf8_ltrim_whitespace(item(d, 0)), item(d, 1)
 

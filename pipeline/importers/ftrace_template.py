@@ -22,11 +22,6 @@ import pyarrow.compute as pc
 _FIELD = re.compile(r"^(?P<pre>[^{}]*)\{(?P<name>\w+):(?P<type>[xdis])(?:=(?P<choices>[\w|-]+))?\}(?P<post>[^{}]*)$")
 U64_MAX = str(2 ** 64 - 1)
 
-_HEX = np.full(256, 255, np.uint8)
-_HEX[48:58] = np.arange(10)
-_HEX[65:71] = np.arange(10, 16)
-_HEX[97:103] = np.arange(10, 16)
-_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
 
 
 def _np(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -34,20 +29,39 @@ def _np(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def parse_hex(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Hex strings (0x optional, leading zeros allowed) as uint64, and which ones were valid."""
+    """Hex strings (0x optional, leading zeros allowed) as uint64, and which ones were valid.
+
+    Read from the string buffer in numpy: each string's last 16 bytes are one row of a sliding
+    window (bytes before its digits are left out), digits become nibbles by byte arithmetic, two
+    nibbles a byte, eight bytes a big-endian uint64. Only strings with more than 16 digits look at
+    their leading zeros."""
     n = len(text)
     if n == 0:
         return pa.array([], pa.uint64()), np.zeros(0, bool)
-    bare = pc.if_else(pc.starts_with(text, "0x"), pc.utf8_slice_codeunits(text, 2), text)
-    digits = pc.utf8_ltrim(bare, "0")
-    ok = _np(pc.greater(pc.binary_length(bare), 0)) & _np(pc.less_equal(pc.binary_length(digits), 16)) \
-        & _np(pc.string_is_ascii(digits))
-    padded = pc.utf8_lpad(pc.if_else(pa.array(ok), digits, ""), 16, "0")
-    offsets = np.frombuffer(padded.buffers()[1], np.int32)[padded.offset:padded.offset + n + 1]
-    raw = np.frombuffer(padded.buffers()[2], np.uint8)[offsets[0]:offsets[0] + 16 * n].reshape(n, 16)
-    nibbles = _HEX[raw]
-    ok &= (nibbles != 255).all(axis=1)
-    values = np.bitwise_or.reduce(np.where(nibbles == 255, 0, nibbles).astype(np.uint64) << _SHIFTS, axis=1)
+    if text.null_count or not pa.types.is_string(text.type):
+        text = pc.cast(text.fill_null(""), pa.string())
+    offsets = np.frombuffer(text.buffers()[1], np.int32)[text.offset:text.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(text.buffers()[2], np.uint8) if text.buffers()[2] is not None else np.zeros(0, np.uint8)
+    start, end = offsets[:-1], offsets[1:]
+    padded = np.concatenate([np.zeros(16, np.uint8), data, np.zeros(2, np.uint8)])  # index = position + 16
+    has_0x = (end - start >= 2) & (padded[start + 16] == 0x30) & (padded[start + 17] == 0x78)
+    digits = end - (start + 2 * has_0x)
+    ok = digits > 0
+    window = np.lib.stride_tricks.sliding_window_view(padded, 16)[end]   # bytes [end - 16, end)
+    mine = np.arange(16, dtype=np.int8) >= (16 - np.minimum(digits, 16)).astype(np.int8)[:, None]
+    decimal = window - np.uint8(0x30)                  # wraps around for bytes below '0'
+    letter = (window | np.uint8(0x20)) - np.uint8(0x61)   # a-f and A-F as 0..5
+    is_decimal, is_letter = decimal < 10, letter < 6
+    ok &= ~((~(is_decimal | is_letter) & mine).view(np.uint64)).any(axis=1)
+    nibbles = np.where(is_decimal, decimal, letter + np.uint8(10)) * mine
+    long = np.flatnonzero(digits > 16)
+    if len(long):   # more than 16 digits: a number of at most 64 bits only when the rest are zeros
+        lead = text.take(pa.array(long))
+        lead = pc.utf8_ltrim(pc.if_else(pa.array(has_0x[long]), pc.utf8_slice_codeunits(lead, 2), lead), "0")
+        ok[long] &= np.asarray(pc.binary_length(lead)) <= 16
+    octets = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]   # 8 bytes a row, most significant first
+    values = octets.view(">u8").ravel().astype(np.uint64)
+    values[~ok] = 0
     return pa.array(values, pa.uint64()), ok
 
 
@@ -105,18 +119,26 @@ class Template:
         sub = toks.filter(pa.array(ok))
         good = np.ones(len(where), dtype=bool)
         values: dict[str, pa.Array] = {}
+        literals = [(i, tok.literal) for i, tok in enumerate(self.tokens) if tok.literal is not None]
+        if literals and len(where):   # every literal word of every row in one take and one comparison
+            starts = np.frombuffer(sub.buffers()[1], np.int32)[sub.offset:sub.offset + len(sub)]
+            at = (starts[:, None] + np.array([i for i, _ in literals], np.int32)).ravel()
+            expected = pa.array([w for _, w in literals], pa.string()).take(pa.array(np.tile(
+                np.arange(len(literals)), len(where))))
+            same = _np(pc.equal(sub.values.take(pa.array(at)), expected))
+            good &= same.reshape(len(where), len(literals)).all(axis=1)
         for i, tok in enumerate(self.tokens):
             if not good.any():
                 break
-            el = pc.list_element(sub, i)
             if tok.literal is not None:
-                good &= _np(pc.equal(el, tok.literal))
                 continue
+            el = pc.list_element(sub, i)
             if tok.pre:
                 good &= _np(pc.starts_with(el, tok.pre))
             if tok.post:
                 good &= _np(pc.ends_with(el, tok.post))
-            cut = pc.utf8_slice_codeunits(el, len(tok.pre), -len(tok.post) if tok.post else None)
+            cut = pc.utf8_slice_codeunits(el, len(tok.pre), -len(tok.post) if tok.post else None) \
+                if tok.pre or tok.post else el
             if tok.type == "x":
                 val, valid = parse_hex(cut)
             elif tok.type in "di":
