@@ -242,7 +242,7 @@ def test_aligned_on_the_clocks_a_collector_session_recorded(tmp_path):
     # The log (12:25:20-12:25:21 UTC) was written while the session traced (12:25:00 for 60 s).
     run = tmp_path / "run"
     _collector_run(run, 1795263900_000000000, 60, drift_ns=3000)
-    res = import_qemu_log([LOG], run)
+    res = import_qemu_log([LOG], run, pid=9000)   # with --pid, no other statement runs in between
     clock = open_run(run).manifest["sessions"][-1]["clock"]
     assert (clock["domain"], clock["alignment"], clock["from_session"]) == ("monotonic", "host", 1)
     assert (clock["offset_ns"], clock["residual_ns"]) == (1795263900_000000000 - 5_000_000_000, 3000)

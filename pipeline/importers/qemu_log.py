@@ -328,7 +328,8 @@ def align_on_collector_sessions(con: duckdb.DuckDBPyConnection, tables: set[str]
     """The offset a collector session of the run recorded on its host, when the log's wall-clock
     span lies inside that session's (see `host_clock`)."""
     union = " UNION ALL ".join(f"SELECT t_ns FROM {t} WHERE t_kind = 'wall'" for t in sorted(tables))
-    first, last = con.execute(f"SELECT min(t_ns), max(t_ns) FROM ({union})").fetchone()
+    # fetchall: a result left open would block the next relation on this connection.
+    first, last = con.execute(f"SELECT min(t_ns), max(t_ns) FROM ({union})").fetchall()[0]
     if first is None:
         return None
     found = offset_from_collector_sessions(manifest, first, last)
