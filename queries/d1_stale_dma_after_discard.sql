@@ -103,7 +103,8 @@ WITH all_inval AS (
     SELECT *, piece_hva_start AS p_start, piece_hva_end AS p_end,
            piece_gpa_start AS p_gpa, piece_gpa_end AS p_gpa_end,
            iova_start + (piece_hva_start - vaddr_start) AS p_iova,
-           iova_start + (piece_hva_end - vaddr_start) AS p_iova_end
+           iova_start + (piece_hva_end - vaddr_start) AS p_iova_end,
+           CASE WHEN order_only() THEN 0 ELSE ts_ns // 1000000000 END AS sec
     FROM hva_to_gpa(hit)
 ), device_page AS (
     SELECT pid, event_id, ts_ns, iova, iova + size AS iova_end, paddr
@@ -133,23 +134,21 @@ WITH all_inval AS (
     WHERE x.cpu_pfn::HUGEINT <> (dp.paddr::HUGEINT + x.p_iova + x.access_gpa - x.p_gpa - dp.iova) // PAGE_SIZE()
     QUALIFY row_number() OVER (PARTITION BY x.trig_id, x.map_id, x.p_start
                                ORDER BY x.access_ns, x.access_id, dp.ts_ns DESC) = 1
-), pieces AS MATERIALIZED (
-    SELECT p.event_id, p.ts_ns, p.pid, p.comm, p.what, p.kind, p.map_id, p.mapped_ns, p.api, p.buf_index,
-           p.p_start, p.p_end, p.p_gpa, p.p_gpa_end, p.p_iova, p.p_iova_end,
-           d.access_id, d.access_ns, d.access_gpa, d.cpu_pfn, d.device_pfn, d.iommu_id, d.iommu_ns,
-           CASE WHEN order_only() THEN 0 ELSE p.ts_ns // 1000000000 END AS sec
-    FROM located p
-    LEFT JOIN divergence d ON d.trig_id = p.event_id AND d.map_id = p.map_id AND d.p_start = p.p_start
 ), seconds AS (
     -- Runs over whole seconds: a run breaks at a second with no discard under the mapping
     -- (untimed logs: one run). Gaps-and-islands over the distinct seconds only - few rows - so
     -- a balloon of millions of pages costs hash joins, not windows over every piece.
     SELECT pid, map_id, kind, sec,
            sec - row_number() OVER (PARTITION BY pid, map_id, kind ORDER BY sec) AS run_no
-    FROM (SELECT DISTINCT pid, map_id, kind, sec FROM pieces)
+    FROM (SELECT DISTINCT pid, map_id, kind, sec FROM located)
 ), runs AS MATERIALIZED (
-    SELECT p.*, s.run_no, p.access_id IS NOT NULL AS diverged
-    FROM pieces p
+    -- The pieces with their divergence (at most one per piece) and run, in one materialisation.
+    SELECT p.event_id, p.ts_ns, p.pid, p.comm, p.what, p.kind, p.map_id, p.mapped_ns, p.api, p.buf_index,
+           p.p_start, p.p_end, p.p_gpa, p.p_gpa_end, p.p_iova, p.p_iova_end,
+           d.access_id, d.access_ns, d.access_gpa, d.cpu_pfn, d.device_pfn, d.iommu_id, d.iommu_ns,
+           p.sec, s.run_no, d.access_id IS NOT NULL AS diverged
+    FROM located p
+    LEFT JOIN divergence d ON d.trig_id = p.event_id AND d.map_id = p.map_id AND d.p_start = p.p_start
     JOIN seconds s
       ON s.pid = p.pid AND s.map_id = p.map_id AND s.kind = p.kind
      -- An equi-join on a column: on the CASE expression DuckDB ran a blockwise nested loop.
