@@ -91,8 +91,9 @@ WITH all_inval AS (
     WHERE event_id NOT IN (SELECT inval_id FROM caused)
 ), hit AS (
     SELECT t.event_id, t.ts_ns, t.pid, t.comm, t.what, t.kind,
-           m.event_id AS map_id, m.mapped_ns, m.unmapped_ns, m.api, m.buf_index,
-           m.vaddr_start, m.iova_start,
+           -- The mapping's descriptive columns are looked up per finding at the end (by map_id,
+           -- one row per map event), not carried through every piece.
+           m.event_id AS map_id, m.unmapped_ns, m.vaddr_start, m.iova_start,
            greatest(t.hva_start, m.vaddr_start) AS hva_start,
            least(t.hva_end, m.vaddr_end) AS hva_end
     FROM trig t
@@ -143,7 +144,7 @@ WITH all_inval AS (
     FROM (SELECT DISTINCT pid, map_id, kind, sec FROM located)
 ), runs AS MATERIALIZED (
     -- The pieces with their divergence (at most one per piece) and run, in one materialisation.
-    SELECT p.event_id, p.ts_ns, p.pid, p.comm, p.what, p.kind, p.map_id, p.mapped_ns, p.api, p.buf_index,
+    SELECT p.event_id, p.ts_ns, p.pid, p.comm, p.what, p.kind, p.map_id,
            p.p_start, p.p_end, p.p_gpa, p.p_gpa_end, p.p_iova, p.p_iova_end,
            d.access_id, d.access_ns, d.access_gpa, d.cpu_pfn, d.device_pfn, d.iommu_id, d.iommu_ns,
            p.sec, s.run_no, d.access_id IS NOT NULL AS diverged
@@ -190,8 +191,7 @@ WITH all_inval AS (
     GROUP BY ALL
 ), grouped_pieces AS (
     SELECT pid, map_id, kind, run_no, diverged,
-           any_value(comm) AS comm, any_value(api) AS api, any_value(buf_index) AS buf_index,
-           any_value(mapped_ns) AS mapped_ns,
+           any_value(comm) AS comm,
            string_agg(DISTINCT what, ', ' ORDER BY what) AS what,
            sum(p_end - p_start) AS bytes,
            min(p_start) AS hva_lo, max(p_end) AS hva_hi,
@@ -207,8 +207,9 @@ WITH all_inval AS (
     FROM runs
     GROUP BY pid, map_id, kind, run_no, diverged
 ), grouped AS (
-    SELECT g.*, t.n_triggers, t.trigger_ids
+    SELECT g.*, t.n_triggers, t.trigger_ids, m.api, m.buf_index, m.mapped_ns
     FROM grouped_pieces g JOIN run_triggers t USING (pid, map_id, kind, run_no, diverged)
+    JOIN dma_mappings m ON m.event_id = g.map_id
 ), caused_ids AS (
     -- The invalidations the listed discards raised over the run's range: evidence, not findings.
     SELECT g.pid, g.map_id, g.kind, g.run_no, g.diverged, list(DISTINCT c.inval_id ORDER BY c.inval_id)[1:50] AS ids
