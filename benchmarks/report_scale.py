@@ -63,12 +63,12 @@ def build(run: Path, pages: int, rng: np.random.Generator) -> None:
                              "vm_fd": np.full(2, 11, np.int32), "as_id": np.zeros(2, np.uint16),
                              "slot": np.array([0, 1], np.uint16), "flags": np.zeros(2, np.uint32),
                              "gpa": np.array([0, 4 << 30], np.uint64), "size": np.array([low, RAM - low], np.uint64),
-                             "hva": np.array([HVA0, HVA0 + low], np.uint64), "ret": np.zeros(2)})
+                             "hva": np.array([HVA0, HVA0 + low], np.uint64), "ret": np.zeros(2, np.int64)})
         w.write("dma", {**envelope([10_000, 11_000], TID_MAIN), "api": pa.array(["vfio_type1"] * 2),
                         "op": pa.array(["map"] * 2), "fd": np.full(2, 25, np.int32),
                         "vaddr": np.array([HVA0, HVA0 + low], np.uint64),
                         "iova": np.array([0, 4 << 30], np.uint64), "size": np.array([low, RAM - low], np.uint64),
-                        "flags": np.full(2, 3, np.uint32), "ret": np.zeros(2)})
+                        "flags": np.full(2, 3, np.uint32), "ret": np.zeros(2, np.int64)})
         # The balloon: `pages` distinct guest pages discarded in bursts of 256 over ~10 minutes,
         # 20 us apart inside a burst; QEMU's target and the guest's actual size every 50k pages.
         run_pages = 256
@@ -79,7 +79,7 @@ def build(run: Path, pages: int, rng: np.random.Generator) -> None:
         w.write("discards", {**envelope(ts, TID_BALLOON), "syscall": pa.repeat(pa.scalar("madvise"), pages),
                              "hva_start": HVA0 + order * PAGE, "size": np.full(pages, PAGE, np.uint64),
                              "advice": np.full(pages, value("MADV_DONTNEED"), np.int32),
-                             "ret": np.zeros(pages), "end_ns": ts + 3_000})
+                             "ret": np.zeros(pages, np.int64), "end_ns": ts + 3_000})
         steps = np.arange(0, pages + 1, 50_000)
         sts = np.concatenate([[500_000_000], ts[np.minimum(steps[1:], pages - 1)]])
         n = len(steps)
