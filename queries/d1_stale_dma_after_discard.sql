@@ -46,16 +46,23 @@ WITH all_inval AS (
     -- the window [ts_ns - w, ts_ns]: a hash join on (thread, w-wide time bucket; the window
     -- touches two), not an ASOF join, which sorts every discard of the run for the few
     -- invalidations under a pin.
-    SELECT i.event_id AS inval_id, any_value(i.ts_ns) AS ts_ns,
-           any_value(i.hva_start) AS hva_start, any_value(i.hva_end) AS hva_end,
-           arg_max({'event_id': d.event_id, 'end_ns': d.end_ns, 'hva_start': d.hva_start, 'hva_end': d.hva_end},
-                   (d.ts_ns, d.event_id)) AS d
-    FROM (SELECT i.*, l.w, unnest([i.ts_ns // l.w - 1, i.ts_ns // l.w]) AS bucket
-          FROM inval i, longest l) i
-    JOIN (SELECT s.*, s.ts_ns // l.w AS bucket FROM syscall_discards s, longest l) d
-      ON d.pid = i.pid AND d.tid = i.tid AND d.bucket = i.bucket
-     AND d.ts_ns <= i.ts_ns AND d.ts_ns >= i.ts_ns - i.w
-    GROUP BY i.event_id
+    -- The order (ts_ns, event_id) packed in one HUGEINT (event_id >= 1 fits in the low 64 bits):
+    -- arg_max over scalars is several times cheaper than over a struct key and struct value.
+    SELECT inval_id, ts_ns, hva_start, hva_end,
+           {'event_id': d_id, 'end_ns': d_end, 'hva_start': d_hva_start, 'hva_end': d_hva_end} AS d
+    FROM (
+        SELECT i.event_id AS inval_id, any_value(i.ts_ns) AS ts_ns,
+               any_value(i.hva_start) AS hva_start, any_value(i.hva_end) AS hva_end,
+               arg_max(d.event_id, d.k) AS d_id, arg_max(d.end_ns, d.k) AS d_end,
+               arg_max(d.hva_start, d.k) AS d_hva_start, arg_max(d.hva_end, d.k) AS d_hva_end
+        FROM (SELECT i.*, l.w, unnest([i.ts_ns // l.w - 1, i.ts_ns // l.w]) AS bucket
+              FROM inval i, longest l) i
+        JOIN (SELECT s.*, s.ts_ns // l.w AS bucket, (s.ts_ns::HUGEINT << 64) + s.event_id AS k
+              FROM syscall_discards s, longest l) d
+          ON d.pid = i.pid AND d.tid = i.tid AND d.bucket = i.bucket
+         AND d.ts_ns <= i.ts_ns AND d.ts_ns >= i.ts_ns - i.w
+        GROUP BY i.event_id
+    )
 ), unresolved AS (
     -- No discard of the thread in the window: the latest one started earlier, and can still be
     -- running only if some discard lasted longer than the window. Then an ASOF join over the
@@ -84,8 +91,9 @@ WITH all_inval AS (
     WHERE event_id NOT IN (SELECT inval_id FROM caused)
 ), hit AS (
     SELECT t.event_id, t.ts_ns, t.pid, t.comm, t.what, t.kind,
-           m.event_id AS map_id, m.mapped_ns, m.unmapped_ns, m.api, m.buf_index,
-           m.vaddr_start, m.iova_start,
+           -- The mapping's descriptive columns are looked up per finding at the end (by map_id,
+           -- one row per map event), not carried through every piece.
+           m.event_id AS map_id, m.unmapped_ns, m.vaddr_start, m.iova_start,
            greatest(t.hva_start, m.vaddr_start) AS hva_start,
            least(t.hva_end, m.vaddr_end) AS hva_end
     FROM trig t
@@ -96,7 +104,8 @@ WITH all_inval AS (
     SELECT *, piece_hva_start AS p_start, piece_hva_end AS p_end,
            piece_gpa_start AS p_gpa, piece_gpa_end AS p_gpa_end,
            iova_start + (piece_hva_start - vaddr_start) AS p_iova,
-           iova_start + (piece_hva_end - vaddr_start) AS p_iova_end
+           iova_start + (piece_hva_end - vaddr_start) AS p_iova_end,
+           CASE WHEN order_only() THEN 0 ELSE ts_ns // 1000000000 END AS sec
     FROM hva_to_gpa(hit)
 ), device_page AS (
     SELECT pid, event_id, ts_ns, iova, iova + size AS iova_end, paddr
@@ -126,23 +135,21 @@ WITH all_inval AS (
     WHERE x.cpu_pfn::HUGEINT <> (dp.paddr::HUGEINT + x.p_iova + x.access_gpa - x.p_gpa - dp.iova) // PAGE_SIZE()
     QUALIFY row_number() OVER (PARTITION BY x.trig_id, x.map_id, x.p_start
                                ORDER BY x.access_ns, x.access_id, dp.ts_ns DESC) = 1
-), pieces AS MATERIALIZED (
-    SELECT p.event_id, p.ts_ns, p.pid, p.comm, p.what, p.kind, p.map_id, p.mapped_ns, p.api, p.buf_index,
-           p.p_start, p.p_end, p.p_gpa, p.p_gpa_end, p.p_iova, p.p_iova_end,
-           d.access_id, d.access_ns, d.access_gpa, d.cpu_pfn, d.device_pfn, d.iommu_id, d.iommu_ns,
-           CASE WHEN order_only() THEN 0 ELSE p.ts_ns // 1000000000 END AS sec
-    FROM located p
-    LEFT JOIN divergence d ON d.trig_id = p.event_id AND d.map_id = p.map_id AND d.p_start = p.p_start
 ), seconds AS (
     -- Runs over whole seconds: a run breaks at a second with no discard under the mapping
     -- (untimed logs: one run). Gaps-and-islands over the distinct seconds only - few rows - so
     -- a balloon of millions of pages costs hash joins, not windows over every piece.
     SELECT pid, map_id, kind, sec,
            sec - row_number() OVER (PARTITION BY pid, map_id, kind ORDER BY sec) AS run_no
-    FROM (SELECT DISTINCT pid, map_id, kind, sec FROM pieces)
+    FROM (SELECT DISTINCT pid, map_id, kind, sec FROM located)
 ), runs AS MATERIALIZED (
-    SELECT p.*, s.run_no, p.access_id IS NOT NULL AS diverged
-    FROM pieces p
+    -- The pieces with their divergence (at most one per piece) and run, in one materialisation.
+    SELECT p.event_id, p.ts_ns, p.pid, p.comm, p.what, p.kind, p.map_id,
+           p.p_start, p.p_end, p.p_gpa, p.p_gpa_end, p.p_iova, p.p_iova_end,
+           d.access_id, d.access_ns, d.access_gpa, d.cpu_pfn, d.device_pfn, d.iommu_id, d.iommu_ns,
+           p.sec, s.run_no, d.access_id IS NOT NULL AS diverged
+    FROM located p
+    LEFT JOIN divergence d ON d.trig_id = p.event_id AND d.map_id = p.map_id AND d.p_start = p.p_start
     JOIN seconds s
       ON s.pid = p.pid AND s.map_id = p.map_id AND s.kind = p.kind
      -- An equi-join on a column: on the CASE expression DuckDB ran a blockwise nested loop.
@@ -176,12 +183,16 @@ WITH all_inval AS (
           GROUP BY ALL) f
       USING (pid, map_id, kind, run_no, diverged)
     GROUP BY ALL
-), grouped AS (
+), run_triggers AS (
+    -- The discards of each run, counted once each, and the first 50 of them: a hash aggregate and
+    -- a bounded min(), not a sorted list of every discard of the run cut to 50.
+    SELECT pid, map_id, kind, run_no, diverged, count(*) AS n_triggers, min(event_id, 50) AS trigger_ids
+    FROM (SELECT DISTINCT pid, map_id, kind, run_no, diverged, event_id FROM runs)
+    GROUP BY ALL
+), grouped_pieces AS (
     SELECT pid, map_id, kind, run_no, diverged,
-           any_value(comm) AS comm, any_value(api) AS api, any_value(buf_index) AS buf_index,
-           any_value(mapped_ns) AS mapped_ns,
+           any_value(comm) AS comm,
            string_agg(DISTINCT what, ', ' ORDER BY what) AS what,
-           count(DISTINCT event_id) AS n_triggers,
            sum(p_end - p_start) AS bytes,
            min(p_start) AS hva_lo, max(p_end) AS hva_hi,
            min(p_gpa) AS gpa_lo, max(p_gpa_end) AS gpa_hi,
@@ -190,12 +201,15 @@ WITH all_inval AS (
            min(ts_ns) AS first_ns, max(ts_ns) AS last_ns,
            max(coalesce(access_ns, ts_ns)) AS end_ns,
            min(iommu_ns) AS first_iommu_ns,
-           list(DISTINCT event_id ORDER BY event_id)[1:50] AS trigger_ids,
            arg_min({'access_id': access_id, 'access_gpa': access_gpa, 'cpu_pfn': cpu_pfn, 'device_pfn': device_pfn,
                     'iommu_id': iommu_id, 'p_gpa': p_gpa, 'p_gpa_end': p_gpa_end, 'p_iova': p_iova, 'what': what},
                    (access_ns, access_id)) FILTER (WHERE access_id IS NOT NULL) AS div
     FROM runs
     GROUP BY pid, map_id, kind, run_no, diverged
+), grouped AS (
+    SELECT g.*, t.n_triggers, t.trigger_ids, m.api, m.buf_index, m.mapped_ns
+    FROM grouped_pieces g JOIN run_triggers t USING (pid, map_id, kind, run_no, diverged)
+    JOIN dma_mappings m ON m.event_id = g.map_id
 ), caused_ids AS (
     -- The invalidations the listed discards raised over the run's range: evidence, not findings.
     SELECT g.pid, g.map_id, g.kind, g.run_no, g.diverged, list(DISTINCT c.inval_id ORDER BY c.inval_id)[1:50] AS ids
