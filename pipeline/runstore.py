@@ -33,6 +33,7 @@ otherwise the write is refused with a message saying so (leave event_id out to h
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -44,7 +45,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -124,19 +125,31 @@ def _no_space(e: OSError) -> bool:
     return e.errno in _NO_SPACE
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write a file by temporary name and rename, mode FILE_MODE; ENOSPC becomes DiskFullError."""
+@contextlib.contextmanager
+def _replaced_atomically(path: Path, on_full: str = "") -> Iterator[BinaryIO]:
+    """A file handle whose contents replace `path` whole when the block ends (written under a
+    temporary name, then renamed; mode FILE_MODE). On any error the temporary file is removed and
+    `path` is untouched; ENOSPC becomes DiskFullError (`on_full`: what it adds to the message)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if _no_space(e):
-            raise DiskFullError(path, "the previous version of the file is kept") from None
+            raise DiskFullError(path, on_full) from None
         raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file by temporary name and rename, mode FILE_MODE; ENOSPC becomes DiskFullError."""
+    with _replaced_atomically(path, "the previous version of the file is kept") as fh:
+        fh.write(data)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -145,20 +158,11 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_parquet(path: Path, table: pa.Table) -> None:
     """A Parquet file by temporary name and rename, mode FILE_MODE; ENOSPC becomes DiskFullError."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            # Dictionary-encode only the strings: trying it on every integer column (timestamps, ids,
-            # addresses: high cardinality) doubled the cost of writing a collector's chunk.
-            pq.write_table(table, fh, compression="zstd",
-                           use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)])
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if _no_space(e):
-            raise DiskFullError(path) from None
-        raise
+    with _replaced_atomically(path) as fh:
+        # Dictionary-encode only the strings: trying it on every integer column (timestamps, ids,
+        # addresses: high cardinality) doubled the cost of writing a collector's chunk.
+        pq.write_table(table, fh, compression="zstd",
+                       use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)])
 
 
 # How chunks are encoded: chosen for the collector's drain, which writes every event it reads
@@ -194,21 +198,12 @@ def write_chunk(path: Path, table: pa.Table, schema: pa.Schema) -> None:
     if table.schema.names != schema.names:
         raise ValueError(f"chunk columns {table.schema.names} are not the family's {schema.names}")
     footer = {b"ARROW:schema": base64.b64encode(schema.serialize()), **(schema.metadata or {})}
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            with pq.ParquetWriter(fh, table.schema, store_schema=False, **_chunk_options(schema)) as writer:
-                writer.add_key_value_metadata(footer)
-                # One dictionary per column for the whole chunk: a dictionary that changed between
-                # the batches of a chunk would make Parquet fall back to plain strings.
-                writer.write_table(table.unify_dictionaries())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if _no_space(e):
-            raise DiskFullError(path) from None
-        raise
+    with _replaced_atomically(path) as fh:
+        with pq.ParquetWriter(fh, table.schema, store_schema=False, **_chunk_options(schema)) as writer:
+            writer.add_key_value_metadata(footer)
+            # One dictionary per column for the whole chunk: a dictionary that changed between
+            # the batches of a chunk would make Parquet fall back to plain strings.
+            writer.write_table(table.unify_dictionaries())
 
 
 def make_dir(path: Path) -> None:
