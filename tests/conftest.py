@@ -80,3 +80,19 @@ def background_collector(run: Path, comm: str, duration: int, start_timeout: flo
         _, result["stderr"] = collector.communicate(timeout=120)
         result["stopped_in"] = time.monotonic() - stop
         result["returncode"] = collector.returncode
+
+
+@contextmanager
+def tracefs_instance(name: str):
+    """A private tracefs instance NAME-PID recording on CLOCK_MONOTONIC (trace_clock mono), removed
+    on leaving. Skips (fails under CI) without root or a mounted tracefs."""
+    require(os.geteuid() == 0, "needs root")
+    base = Path("/sys/kernel/tracing")
+    require((base / "instances").is_dir(), "tracefs is not mounted")
+    inst = base / "instances" / f"{name}-{os.getpid()}"
+    inst.mkdir()
+    try:
+        (inst / "trace_clock").write_text("mono")
+        yield inst
+    finally:
+        inst.rmdir()

@@ -3,7 +3,6 @@ live, on a tracefs instance recording a real workload."""
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from pipeline.importers import TraceFormatError
 from pipeline.importers.ftrace import import_ftrace
 from pipeline.runstore import open_run
-from tests.conftest import FIXTURES, require
+from tests.conftest import FIXTURES, tracefs_instance
 
 HERE = FIXTURES / "ftrace"
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,13 +122,7 @@ def test_no_trace_line_at_all(tmp_path):
 
 def test_live_tracefs_instance(tmp_path):
     """Record a real workload through a private tracefs instance (trace_clock mono, record-tgid)."""
-    require(os.geteuid() == 0, "needs root")
-    base = Path("/sys/kernel/tracing")
-    require((base / "instances").is_dir(), "tracefs is not mounted")
-    inst = base / "instances" / f"vmemtrace-test-{os.getpid()}"
-    inst.mkdir()
-    try:
-        (inst / "trace_clock").write_text("mono")
+    with tracefs_instance("vmemtrace-test") as inst:
         (inst / "options" / "record-tgid").write_text("1")
         for e in ("sys_enter_madvise", "sys_exit_madvise", "sys_enter_fallocate", "sys_exit_fallocate"):
             (inst / "events" / "syscalls" / e / "enable").write_text("1")
@@ -137,8 +130,6 @@ def test_live_tracefs_instance(tmp_path):
                        cwd=ROOT, check=True)
         (inst / "tracing_on").write_text("0")
         (tmp_path / "trace.txt").write_text((inst / "trace").read_text())
-    finally:
-        inst.rmdir()
     res = import_ftrace([tmp_path / "trace.txt"], tmp_path / "run", trace_clock="mono")
     assert res["pid_from"]["summary"] == "tgid column" and res["bad"] == 0
     _check_against_workload(tmp_path / "run", json.loads((tmp_path / "did.json").read_text()))

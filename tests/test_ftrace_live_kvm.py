@@ -4,12 +4,11 @@ QEMU's thread names alone, and every line of the real trace is accounted for."""
 
 import os
 import time
-from pathlib import Path
 
 from pipeline.constants import KVM_RUN
 from pipeline.importers.ftrace import import_ftrace
 from pipeline.runstore import open_run
-from tests.conftest import require
+from tests.conftest import require, tracefs_instance
 from tests.qemu_vm import QEMU, QemuVM
 
 EVENTS = ("kvm/kvm_exit", "kvm/kvm_page_fault", "kvm/kvm_mmio", "kvm/kvm_userspace_exit",
@@ -17,14 +16,8 @@ EVENTS = ("kvm/kvm_exit", "kvm/kvm_page_fault", "kvm/kvm_mmio", "kvm/kvm_userspa
 
 
 def test_qemu_under_kvm(tmp_path):
-    require(os.geteuid() == 0, "needs root")
     require(os.path.exists("/dev/kvm") and os.path.exists(QEMU), "needs /dev/kvm and QEMU")
-    base = Path("/sys/kernel/tracing")
-    require((base / "instances").is_dir(), "tracefs is not mounted")
-    inst = base / "instances" / f"vmemtrace-kvm-{os.getpid()}"
-    inst.mkdir()
-    try:
-        (inst / "trace_clock").write_text("mono")
+    with tracefs_instance("vmemtrace-kvm") as inst:
         (inst / "buffer_size_kb").write_text("8192")
         for e in EVENTS:
             (inst / "events" / e / "enable").write_text("1")
@@ -34,8 +27,6 @@ def test_qemu_under_kvm(tmp_path):
             time.sleep(1.5)
         (inst / "tracing_on").write_text("0")
         (tmp_path / "trace.txt").write_text((inst / "trace").read_text())
-    finally:
-        inst.rmdir()
     res = import_ftrace([tmp_path / "trace.txt"], tmp_path / "run", trace_clock="mono")
     run = open_run(tmp_path / "run")
     session = run.manifest["sessions"][0]
