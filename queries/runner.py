@@ -210,10 +210,12 @@ def _size_bytes(text: str) -> int:
 
 def decoded_bytes(run: Run) -> int:
     """The run's columns as DuckDB holds them once decoded: the Parquet footers' uncompressed sizes."""
-    return sum(rg.total_byte_size
-               for fam in FAMILIES for f in run.good_chunks(fam.name)
-               for rg in (pq.ParquetFile(f).metadata.row_group(i)
-                          for i in range(pq.ParquetFile(f).metadata.num_row_groups)))
+    total = 0
+    for fam in FAMILIES:
+        for f in run.good_chunks(fam.name):
+            meta = pq.read_metadata(f)  # once per chunk, not once per row group
+            total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return total
 
 
 def capacity_shortfall(run_bytes: int, memory_bytes: int, spill_free_bytes: int) -> str | None:
