@@ -105,11 +105,13 @@ class Staged:
         with pa.OSFile(str(self.path)) as src:
             reader = pa.ipc.open_file(src)
             held: list[pa.RecordBatch] = []
+            held_rows = 0
             for i in range(reader.num_record_batches):
                 held.append(reader.get_batch(i))
-                if sum(b.num_rows for b in held) >= rows:
+                held_rows += held[-1].num_rows
+                if held_rows >= rows:
                     yield pa.Table.from_batches(held)
-                    held = []
+                    held, held_rows = [], 0
             if held:
                 yield pa.Table.from_batches(held)
 
